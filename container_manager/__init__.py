@@ -1,0 +1,1 @@
+"""Run jobs as containers and keep their whole lifecycle in the Django database."""

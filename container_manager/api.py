@@ -1,0 +1,108 @@
+"""The Python API: create a job in one call, wait for it, cancel or retry it.
+
+The CLI and the admin are thin layers over these functions.
+"""
+
+import time
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
+from .routing import choose_host
+from .states import ACTIVE, TERMINAL, JobStatus
+
+
+def _lookup(model, value, field):
+    if value is None or isinstance(value, model):
+        return value
+    try:
+        return model.objects.get(name=value)
+    except model.DoesNotExist:
+        raise ValidationError({field: f"no {model._meta.verbose_name} named {value!r}"}) from None
+
+
+def create_job(
+    image: str,
+    command: list[str] | None = None,
+    *,
+    host: ExecutorHost | str | None = None,
+    env: dict[str, str] | None = None,
+    env_template: EnvironmentVariableTemplate | str | None = None,
+    hold: bool = False,
+    **fields,
+) -> ContainerJob:
+    """Validate and save a job, queued to run (or pending, with ``hold=True``).
+
+    ``fields`` are any other ContainerJob fields (name, memory_limit, cpu_limit,
+    timeout_seconds, priority, scheduled_for, max_attempts, working_dir, created_by).
+    Raises ValidationError naming each bad field; nothing is saved then.
+    """
+    host = _lookup(ExecutorHost, host, "host") or choose_host()
+    job = ContainerJob(
+        image=image,
+        command=list(command or []),
+        host=host,
+        environment_template=_lookup(EnvironmentVariableTemplate, env_template, "env_template"),
+        environment_overrides=dict(env or {}),
+        status=JobStatus.PENDING if hold else JobStatus.QUEUED,
+        **fields,
+    )
+    job.full_clean()
+    job.save(force_insert=True)
+    return job
+
+
+def cancel_job(job: ContainerJob) -> ContainerJob:
+    """Cancel a job from any process.
+
+    A job nothing runs yet is cancelled at once; for a running one a cancel request is
+    recorded and the worker that holds it stops the container and writes the outcome.
+    """
+    while True:
+        if job.is_terminal:
+            raise ValidationError({"status": f"job is already {job.status}; nothing to cancel"})
+        if job.status in ACTIVE:
+            ContainerJob.objects.filter(pk=job.pk, cancel_requested_at__isnull=True).update(
+                cancel_requested_at=timezone.now()
+            )
+            job.refresh_from_db()
+            return job
+        if job.transition(JobStatus.CANCELLED, finished_at=timezone.now()):
+            return job
+        # A worker claimed it meanwhile: look again.
+
+
+def retry_job(job: ContainerJob) -> ContainerJob:
+    """Queue a failed, timed-out or cancelled job again, with a fresh set of attempts."""
+    if job.status not in TERMINAL - {JobStatus.COMPLETED}:
+        raise ValidationError(
+            {
+                "status": f"only failed, timed-out or cancelled jobs can be retried; "
+                f"this one is {job.status}"
+            }
+        )
+    with transaction.atomic():
+        moved = job.transition(
+            JobStatus.QUEUED,
+            max_attempts=job.attempts + job.max_attempts,
+            cancel_requested_at=None,
+            worker=None,
+            scheduled_for=None,
+        )
+    if not moved:
+        raise ValidationError({"status": f"job changed meanwhile; it is now {job.status}"})
+    return job
+
+
+def wait_for_job(job: ContainerJob, timeout: float | None = None, interval: float = 0.2):
+    """Block until the job ends (or ``timeout`` seconds pass); returns it refreshed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    job.refresh_from_db()
+    while not job.is_terminal:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"job {job.pk} still {job.status} after {timeout} s")
+        time.sleep(interval)
+        job.refresh_from_db()
+    return job

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class ContainerManagerConfig(AppConfig):
+    name = "container_manager"
+    verbose_name = "Container jobs"
+    default_auto_field = "django.db.models.BigAutoField"

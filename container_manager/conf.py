@@ -1,0 +1,41 @@
+"""The app's settings: one dict, ``settings.CONTAINER_MANAGER``, read through ``setting()``.
+
+Every key here is documented in the README and read somewhere in the app; nothing else is
+accepted, so a misspelt key fails loudly instead of being silently ignored.
+"""
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+DEFAULTS = {
+    # Per stream (stdout, stderr): what is kept of a job's output; the rest is cut, and marked.
+    "MAX_OUTPUT_BYTES": 1_000_000,
+    # Job limits: the default timeout, and the upper bounds that validation accepts.
+    "DEFAULT_TIMEOUT_SECONDS": 3600,
+    "MAX_TIMEOUT_SECONDS": 7 * 24 * 3600,
+    "MAX_MEMORY_MB": 256 * 1024,
+    "MAX_CPUS": 256,
+    "DEFAULT_MAX_ATTEMPTS": 1,
+    # Worker defaults; the command line overrides them. Fractions of a second are fine.
+    "POLL_INTERVAL": 1.0,
+    "MAX_CONCURRENT_JOBS": 4,
+    # How often a running job looks for a cancel request made by another process.
+    "CANCEL_CHECK_INTERVAL": 1.0,
+    # After a stop request, how long a container gets before it is killed.
+    "STOP_GRACE_SECONDS": 10,
+    # Extra executor types: {"type_name": "dotted.path.to.ExecutorClass"}.
+    "EXECUTORS": {},
+}
+
+
+def setting(name: str):
+    if name not in DEFAULTS:
+        raise KeyError(f"container_manager has no setting {name!r}")
+    overrides = getattr(settings, "CONTAINER_MANAGER", {})
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise ImproperlyConfigured(
+            f"CONTAINER_MANAGER: unknown setting(s) {', '.join(sorted(unknown))}; "
+            f"known ones are {', '.join(sorted(DEFAULTS))}"
+        )
+    return overrides.get(name, DEFAULTS[name])

@@ -1,0 +1,118 @@
+"""The one interface every executor implements.
+
+An executor starts a job somewhere and names what it started with one opaque string, the
+execution id. Everything the rest of the app does with a running job goes through these
+methods and that id, so no code outside this package needs to know which backend it talks to.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ..models import ContainerJob, ExecutorHost
+
+
+class ExecutorError(Exception):
+    """Something an executor could not do; the message is written on the job as it is."""
+
+
+class LaunchError(ExecutorError):
+    """The job could not be started (bad image, rejected request...)."""
+
+
+class ExecutorUnavailable(ExecutorError):
+    """The backend could not be reached at all (daemon down, network, auth)."""
+
+
+# What ``status`` answers.
+RUNNING = "running"
+EXITED = "exited"
+NOT_FOUND = "not_found"
+
+
+@dataclass
+class Outcome:
+    """What one finished execution produced."""
+
+    exit_code: int | None
+    stdout: str = ""
+    stderr: str = ""
+    oom_killed: bool = False
+    error: str = ""
+    peak_memory_bytes: int | None = None
+    cpu_seconds: float | None = None
+
+
+@dataclass
+class Health:
+    healthy: bool
+    message: str
+
+
+class BaseExecutor:
+    """Subclasses set ``type_name`` and implement the hooks below ``launch``."""
+
+    type_name: ClassVar[str] = ""
+    # Seconds between status checks for backends that cannot block until completion.
+    status_poll_interval: ClassVar[float] = 0.2
+
+    def __init__(self, host: ExecutorHost):
+        self.host = host
+        self.config = dict(host.executor_config or {})
+
+    @classmethod
+    def validate_config(cls, config: dict) -> None:
+        """Raise ValidationError naming the key when ``executor_config`` is unusable."""
+
+    def launch(self, job: ContainerJob) -> str:
+        """Start ``job``, record what was started on it, and return the execution id."""
+        execution_id = self.start(job)
+        job.set_execution_identifier(execution_id)
+        return execution_id
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def start(self, job: ContainerJob) -> str:
+        raise NotImplementedError
+
+    def status(self, execution_id: str) -> str:
+        """One of RUNNING, EXITED or NOT_FOUND."""
+        raise NotImplementedError
+
+    def wait(self, execution_id: str, timeout: float) -> bool:
+        """Block until the execution ends or ``timeout`` seconds pass; True if it ended.
+
+        Backends that can be told of completion (Docker's wait) override this; the default
+        checks ``status`` at a short interval.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.status(execution_id) != RUNNING:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self.status_poll_interval, left))
+
+    def harvest(self, execution_id: str) -> Outcome:
+        """Exit code, capped output and usage of an execution that has ended."""
+        raise NotImplementedError
+
+    def stream_logs(self, execution_id: str, follow: bool = False) -> Iterator[bytes]:
+        """Combined output as it comes, for ``logs --follow``."""
+        raise NotImplementedError
+
+    def stop(self, execution_id: str, grace_seconds: float) -> None:
+        """Ask the execution to stop; kill it if it has not after ``grace_seconds``."""
+        raise NotImplementedError
+
+    def cleanup(self, execution_id: str) -> None:
+        """Remove whatever the execution left behind. Safe to call twice."""
+
+    def health_check(self) -> Health:
+        raise NotImplementedError

@@ -1,0 +1,395 @@
+"""What the app stores: where jobs run (hosts), what they run (jobs), and what happened
+(attempts, workers). Status moves are checked by the state machine in ``states``.
+"""
+
+import shlex
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models, transaction
+from django.utils import timezone
+
+from . import envfile
+from .conf import setting
+from .executors import get_executor_class, validate_executor_type
+from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transition
+
+
+class ExecutorHost(models.Model):
+    """A place jobs run: a Docker engine, a cloud project, a cluster, or the mock executor."""
+
+    class Health(models.TextChoices):
+        UNKNOWN = "unknown", "Unknown"
+        HEALTHY = "healthy", "Healthy"
+        UNHEALTHY = "unhealthy", "Unhealthy"
+
+    name = models.CharField(max_length=100, unique=True)
+    executor_type = models.CharField(
+        max_length=50,
+        validators=[validate_executor_type],
+        help_text="A registered executor type: docker, mock, or one added in settings.",
+    )
+    connection_string = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Where the backend is, e.g. unix:///var/run/docker.sock or tcp://host:2376. "
+        "Blank: the backend's own default (DOCKER_HOST for Docker).",
+    )
+    tls_verify = models.BooleanField(default=True, help_text="Verify the server's certificate.")
+    tls_ca_cert = models.CharField("TLS CA certificate path", max_length=500, blank=True)
+    tls_client_cert = models.CharField("TLS client certificate path", max_length=500, blank=True)
+    tls_client_key = models.CharField("TLS client key path", max_length=500, blank=True)
+    executor_config = models.JSONField(
+        default=dict, blank=True, help_text="Executor-specific options (see the README)."
+    )
+    is_active = models.BooleanField(default=True)
+    weight = models.PositiveIntegerField(
+        default=100, help_text="Routing preference: higher weights get more jobs."
+    )
+    max_concurrent_jobs = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
+    labels = models.JSONField(default=dict, blank=True)
+    health_status = models.CharField(max_length=20, choices=Health, default=Health.UNKNOWN)
+    health_message = models.TextField(blank=True)
+    last_health_check = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return f"{self.name} ({self.executor_type})"
+
+    def clean(self):
+        if not isinstance(self.executor_config, dict):
+            raise ValidationError({"executor_config": "must be a JSON object"})
+        if not isinstance(self.labels, dict):
+            raise ValidationError({"labels": "must be a JSON object"})
+        if self.executor_type:
+            try:
+                get_executor_class(self.executor_type).validate_config(self.executor_config)
+            except KeyError:
+                pass  # reported by the field's own validator
+            except ValidationError as error:
+                raise ValidationError({"executor_config": error.messages}) from error
+
+    def get_executor(self):
+        """A new executor instance for this host."""
+        try:
+            cls = get_executor_class(self.executor_type)
+        except KeyError:
+            validate_executor_type(self.executor_type)
+            raise
+        return cls(self)
+
+    def check_health(self):
+        """Ask the backend whether it can run jobs, and remember the answer."""
+        from .executors import ExecutorError, Health
+
+        try:
+            health = self.get_executor().health_check()
+        except (ExecutorError, ValidationError) as error:
+            health = Health(False, str(error))
+        self.health_status = self.Health.HEALTHY if health.healthy else self.Health.UNHEALTHY
+        self.health_message = health.message
+        self.last_health_check = timezone.now()
+        self.save(update_fields=["health_status", "health_message", "last_health_check"])
+        return health
+
+
+class EnvironmentVariableTemplate(models.Model):
+    """A reusable set of environment variables; jobs add their own overrides on top."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    environment_variables = models.TextField(
+        blank=True,
+        help_text="One KEY=value per line; blank lines and # comments are ignored; "
+        "values may contain '='.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        try:
+            envfile.parse_env_text(self.environment_variables)
+        except ValidationError as error:
+            raise ValidationError({"environment_variables": error.messages}) from error
+
+    def get_environment(self) -> dict[str, str]:
+        return envfile.parse_env_text(self.environment_variables)
+
+
+class Worker(models.Model):
+    """A running ``process_container_jobs``; its heartbeat says it is alive."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField(default=timezone.now)
+    last_heartbeat = models.DateTimeField(default=timezone.now)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self):
+        return f"{self.hostname}:{self.pid}"
+
+
+def validate_command(value):
+    if not isinstance(value, list) or not all(isinstance(arg, str) for arg in value):
+        raise ValidationError('must be a list of strings (an argv), e.g. ["echo", "hi"]')
+    if any("\x00" in arg for arg in value):
+        raise ValidationError("arguments cannot contain NUL bytes")
+
+
+def validate_overrides(value):
+    envfile.validate_env_mapping(value, "environment overrides")
+
+
+def validate_memory_limit(value):
+    MaxValueValidator(setting("MAX_MEMORY_MB"))(value)
+
+
+def validate_cpu_limit(value):
+    MaxValueValidator(setting("MAX_CPUS"))(value)
+
+
+def validate_timeout(value):
+    MaxValueValidator(setting("MAX_TIMEOUT_SECONDS"))(value)
+
+
+def default_timeout():
+    return setting("DEFAULT_TIMEOUT_SECONDS")
+
+
+def default_max_attempts():
+    return setting("DEFAULT_MAX_ATTEMPTS")
+
+
+class ContainerJob(models.Model):
+    """One unit of work: an image and a command to run as a container, and what came of it.
+
+    ``execution_id`` is the single identifier of what an executor started for the current
+    (or last) attempt, whatever the executor.
+    """
+
+    Status = JobStatus
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200, blank=True)
+
+    # What to run.
+    image = models.CharField(max_length=500)
+    command = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_command],
+        help_text="An argv list; empty runs the image's default command.",
+    )
+    working_dir = models.CharField(max_length=500, blank=True)
+    environment_template = models.ForeignKey(
+        EnvironmentVariableTemplate,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="jobs",
+    )
+    environment_overrides = models.JSONField(
+        default=dict, blank=True, validators=[validate_overrides]
+    )
+    memory_limit = models.PositiveIntegerField(
+        "memory limit (MB)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(4), validate_memory_limit],
+    )
+    cpu_limit = models.FloatField(
+        "CPU limit (cores)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.01), validate_cpu_limit],
+    )
+    timeout_seconds = models.PositiveIntegerField(
+        default=default_timeout, validators=[MinValueValidator(1), validate_timeout]
+    )
+
+    # Where and when.
+    host = models.ForeignKey(
+        ExecutorHost, null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
+    )
+    priority = models.IntegerField(default=0, help_text="Higher runs first.")
+    scheduled_for = models.DateTimeField(
+        null=True, blank=True, help_text="Not started before this time."
+    )
+    max_attempts = models.PositiveIntegerField(
+        default=default_max_attempts, validators=[MinValueValidator(1), MaxValueValidator(100)]
+    )
+
+    # What happened.
+    status = models.CharField(max_length=20, choices=JobStatus, default=JobStatus.QUEUED)
+    execution_id = models.CharField(
+        max_length=255, blank=True, help_text="What the executor started: one opaque id."
+    )
+    exit_code = models.IntegerField(null=True, blank=True)
+    stdout = models.TextField(blank=True)
+    stderr = models.TextField(blank=True)
+    peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    cpu_seconds = models.FloatField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    worker = models.ForeignKey(
+        Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # Claiming: the ready jobs, best first.
+            models.Index(
+                fields=["status", "-priority", "scheduled_for", "created_at"],
+                name="cm_job_claim_idx",
+            ),
+            models.Index(fields=["host", "status"], name="cm_job_host_status_idx"),
+        ]
+
+    def __str__(self):
+        return self.name or f"{self.image} {shlex.join(self.command)}".strip()
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        instance._loaded_status = instance.__dict__.get("status")
+        return instance
+
+    # -- the one execution identifier ------------------------------------------------
+
+    def set_execution_identifier(self, execution_id: str) -> None:
+        self.execution_id = execution_id
+
+    def get_execution_identifier(self) -> str:
+        return self.execution_id
+
+    # -- derived -----------------------------------------------------------------------
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+    def get_environment(self) -> dict[str, str]:
+        env = self.environment_template.get_environment() if self.environment_template else {}
+        env.update(self.environment_overrides or {})
+        return env
+
+    # -- validation --------------------------------------------------------------------
+
+    def clean(self):
+        errors = {}
+        if not self.image or not self.image.strip():
+            errors["image"] = "is required (e.g. alpine:3.20)"
+        elif any(c.isspace() for c in self.image):
+            errors["image"] = f"{self.image!r} contains whitespace"
+        if self.host_id and not self.host.is_active:
+            errors["host"] = f"host {self.host.name!r} is not active"
+        if errors:
+            raise ValidationError(errors)
+
+    # -- status ------------------------------------------------------------------------
+
+    def save(self, *args, **kwargs):
+        old = None if self._state.adding else getattr(self, "_loaded_status", None)
+        if self._state.adding or old is not None:
+            check_transition(old, self.status)
+        if self.status == JobStatus.QUEUED and self.queued_at is None:
+            self.queued_at = timezone.now()
+        super().save(*args, **kwargs)
+        self._loaded_status = self.status
+
+    def transition(self, new_status: str, **fields) -> bool:
+        """Move to ``new_status`` and write ``fields`` in one conditional UPDATE.
+
+        The update only applies if the row still has the status this instance last saw, so
+        two processes can never both make a move from the same state. Returns False when
+        another process changed the job first (this instance is then refreshed).
+        """
+        check_transition(self.status, new_status)
+        if new_status == JobStatus.QUEUED:
+            fields.setdefault("queued_at", timezone.now())
+        with transaction.atomic():
+            updated = ContainerJob.objects.filter(pk=self.pk, status=self.status).update(
+                status=new_status, **fields
+            )
+        if not updated:
+            self.refresh_from_db()
+            return False
+        self.status = self._loaded_status = new_status
+        for name, value in fields.items():
+            setattr(self, name, value)
+        return True
+
+    def refresh_from_db(self, *args, **kwargs):
+        super().refresh_from_db(*args, **kwargs)
+        self._loaded_status = self.status
+
+
+class JobAttempt(models.Model):
+    """One try at running a job: where, as what, and how it ended."""
+
+    job = models.ForeignKey(ContainerJob, on_delete=models.CASCADE, related_name="attempt_set")
+    number = models.PositiveIntegerField()
+    host = models.ForeignKey(ExecutorHost, null=True, on_delete=models.SET_NULL)
+    worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL)
+    execution_id = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=20, choices=JobStatus, default=JobStatus.LAUNCHING)
+    exit_code = models.IntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "number"], name="cm_attempt_unique_number")
+        ]
+
+    def __str__(self):
+        return f"{self.job_id} attempt {self.number}"
+
+
+__all__ = [
+    "ContainerJob",
+    "EnvironmentVariableTemplate",
+    "ExecutorHost",
+    "InvalidTransition",
+    "JobAttempt",
+    "JobStatus",
+    "Worker",
+]

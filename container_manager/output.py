@@ -1,0 +1,62 @@
+"""Keep a container's output within a size cap and store it safely as text."""
+
+from collections.abc import Iterable
+
+from .conf import setting
+
+
+class CappedOutput:
+    """Collect a byte stream, keeping its head and its tail within ``limit`` bytes.
+
+    Both ends matter: the head says how a job started, the tail usually says why it ended.
+    What falls in between is counted and replaced by a marker.
+    """
+
+    def __init__(self, limit: int | None = None):
+        self.limit = setting("MAX_OUTPUT_BYTES") if limit is None else limit
+        self.head_limit = self.limit // 2
+        self.tail_limit = self.limit - self.head_limit
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.head_limit - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > self.tail_limit:
+                del self.tail[: len(self.tail) - self.tail_limit]
+
+    def extend(self, chunks: Iterable[bytes]) -> "CappedOutput":
+        for chunk in chunks:
+            self.feed(chunk)
+        return self
+
+    @property
+    def omitted(self) -> int:
+        return self.total - len(self.head) - len(self.tail)
+
+    def text(self) -> str:
+        if not self.omitted:
+            return decode_output(bytes(self.head + self.tail))
+        marker = (
+            f"\n[... container_manager: output truncated, {self.omitted} of {self.total} "
+            "bytes omitted ...]\n"
+        )
+        return decode_output(bytes(self.head)) + marker + decode_output(bytes(self.tail))
+
+
+def capped_text(data: bytes, limit: int | None = None) -> str:
+    return CappedOutput(limit).extend([data]).text()
+
+
+def decode_output(data: bytes) -> str:
+    """Decode output that may not be UTF-8, keeping the odd bytes visible as ``\\xNN``.
+
+    NUL is escaped too: PostgreSQL text columns cannot hold it.
+    """
+    return data.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")

@@ -1,0 +1,68 @@
+"""The job state machine: every status a job can have and every move between them.
+
+All status changes go through ``check_transition`` (called by ``ContainerJob.save`` and
+``ContainerJob.transition``), so an invalid move raises wherever it is attempted.
+"""
+
+from django.db import models
+
+
+class JobStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    QUEUED = "queued", "Queued"
+    LAUNCHING = "launching", "Launching"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    TIMED_OUT = "timed_out", "Timed out"
+    CANCELLED = "cancelled", "Cancelled"
+    RETRYING = "retrying", "Retrying"
+
+
+S = JobStatus
+
+# A job may be created as pending (held back) or queued (ready to run).
+INITIAL = frozenset({S.PENDING, S.QUEUED})
+# A worker holds these: an executor may have something running for them.
+ACTIVE = frozenset({S.LAUNCHING, S.RUNNING})
+TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.TIMED_OUT, S.CANCELLED})
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    S.PENDING: frozenset({S.QUEUED, S.CANCELLED}),
+    S.QUEUED: frozenset({S.LAUNCHING, S.CANCELLED}),
+    # Back to queued: the worker let go before anything was started (shutdown, lost claim).
+    S.LAUNCHING: frozenset({S.RUNNING, S.FAILED, S.CANCELLED, S.QUEUED}),
+    S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.TIMED_OUT, S.CANCELLED}),
+    S.COMPLETED: frozenset(),
+    # A finished job may be queued again by hand (retry) or retried automatically.
+    S.FAILED: frozenset({S.RETRYING, S.QUEUED}),
+    S.TIMED_OUT: frozenset({S.RETRYING, S.QUEUED}),
+    S.CANCELLED: frozenset({S.QUEUED}),
+    S.RETRYING: frozenset({S.QUEUED, S.CANCELLED}),
+}
+
+
+class InvalidTransition(ValueError):
+    def __init__(self, old: str, new: str):
+        allowed = ", ".join(sorted(TRANSITIONS.get(old, ()))) or "none"
+        super().__init__(
+            f"status cannot go from {old!r} to {new!r} (allowed from {old!r}: {allowed})"
+        )
+        self.old, self.new = old, new
+
+
+def check_transition(old: str | None, new: str) -> None:
+    """Raise InvalidTransition unless a job may move from ``old`` to ``new``.
+
+    ``old`` is None for a job that is not in the database yet.
+    """
+    if new not in S.values:
+        raise InvalidTransition(str(old), new)
+    if old is None:
+        if new not in INITIAL:
+            raise InvalidTransition("new", new)
+        return
+    if old == new:
+        return
+    if new not in TRANSITIONS.get(old, ()):
+        raise InvalidTransition(old, new)
