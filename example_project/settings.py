@@ -5,6 +5,7 @@ another database.
 """
 
 import os
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -62,7 +63,14 @@ def database_from_url(url: str) -> dict:
             # Workers write from several threads and processes: wait for the lock instead of
             # failing, and take the write lock up front so two writers never deadlock on upgrade.
             "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
-            "TEST": {"NAME": os.environ.get("SQLITE_TEST_NAME")},
+            # A file, not shared-cache memory: workers run jobs in threads, and a shared-cache
+            # in-memory database answers "table is locked" instead of waiting.
+            "TEST": {
+                "NAME": os.environ.get("SQLITE_TEST_NAME")
+                or os.path.join(
+                    tempfile.gettempdir(), f"container_manager_test_{os.getpid()}.sqlite3"
+                )
+            },
         }
     if parsed.scheme in ("postgres", "postgresql"):
         return {

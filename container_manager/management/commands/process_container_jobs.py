@@ -1,0 +1,59 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from container_manager.models import ExecutorHost
+from container_manager.worker import Worker
+
+
+def positive_float(text):
+    value = float(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+class Command(BaseCommand):
+    help = "Run a worker: claim queued container jobs, run them, record their outcome."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--until-idle",
+            action="store_true",
+            help="Exit once nothing is running here and no job is ready to run.",
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=positive_float,
+            help="Seconds between looks for new jobs (fractions allowed).",
+        )
+        parser.add_argument(
+            "--max-concurrent", type=positive_int, help="Jobs this worker runs at once."
+        )
+        parser.add_argument(
+            "--host",
+            action="append",
+            dest="hosts",
+            metavar="NAME",
+            help="Only run jobs of this host (repeatable).",
+        )
+
+    def handle(self, *args, **options):
+        hosts = options["hosts"] or []
+        known = set(ExecutorHost.objects.filter(name__in=hosts).values_list("name", flat=True))
+        missing = [name for name in hosts if name not in known]
+        if missing:
+            raise CommandError(f"--host: no executor host named {', '.join(map(repr, missing))}")
+        worker = Worker(
+            max_concurrent=options["max_concurrent"],
+            poll_interval=options["poll_interval"],
+            host_names=hosts,
+            until_idle=options["until_idle"],
+        )
+        worker.install_signal_handlers()
+        worker.run()

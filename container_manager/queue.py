@@ -1,0 +1,83 @@
+"""Claiming: handing each ready job to exactly one worker.
+
+A claim is one short transaction that moves jobs from ``queued`` to ``launching`` with a
+conditional UPDATE (``WHERE status = 'queued'``), so a job can only be claimed once whatever
+the database. On PostgreSQL the candidate rows are also locked with
+``SELECT … FOR UPDATE SKIP LOCKED``, so concurrent workers skip each other's candidates instead
+of queueing behind them. On SQLite the transaction starts with ``BEGIN IMMEDIATE`` (see the
+example settings), which takes the database's single write lock up front: claims from several
+processes run one after another, never interleaved.
+
+No executor is ever called inside a claim transaction.
+"""
+
+from django.db import connection, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from .models import ContainerJob, ExecutorHost, JobAttempt, Worker
+from .routing import choose_host
+from .states import ACTIVE, JobStatus
+
+
+def ready_jobs(host_ids=None):
+    """Queued jobs whose time has come, best first."""
+    now = timezone.now()
+    jobs = ContainerJob.objects.filter(status=JobStatus.QUEUED).filter(
+        Q(scheduled_for__isnull=True) | Q(scheduled_for__lte=now)
+    )
+    if host_ids is not None:
+        jobs = jobs.filter(host__in=host_ids)
+    return jobs.order_by("-priority", F("scheduled_for").asc(nulls_first=True), "created_at")
+
+
+def host_loads(host_ids) -> dict[int, int]:
+    rows = (
+        ContainerJob.objects.filter(host__in=host_ids, status__in=ACTIVE)
+        .values("host")
+        .annotate(n=Count("pk"))
+    )
+    return {row["host"]: row["n"] for row in rows}
+
+
+def claim_jobs(worker: Worker, limit: int, host_ids=None) -> list[ContainerJob]:
+    """Claim up to ``limit`` ready jobs for ``worker``, within each host's concurrency limit."""
+    if limit <= 0:
+        return []
+    claimed = []
+    with transaction.atomic():
+        candidates = ready_jobs(host_ids).select_related("host")
+        if connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True, of=("self",))
+        # Look past jobs whose host is full, but not through the whole backlog.
+        candidates = list(candidates[: limit * 4])
+        for job in candidates:
+            if job.host is None:
+                job.host = choose_host()
+        hosts = {job.host.pk: job.host for job in candidates}
+        loads = host_loads(hosts)
+        for job in candidates:
+            if len(claimed) == limit:
+                break
+            host = hosts[job.host.pk]
+            if not host.is_active or loads.get(host.pk, 0) >= host.max_concurrent_jobs:
+                continue
+            if job.transition(
+                JobStatus.LAUNCHING, host=host, worker=worker, attempts=job.attempts + 1
+            ):
+                JobAttempt.objects.create(job=job, number=job.attempts, host=host, worker=worker)
+                loads[host.pk] = loads.get(host.pk, 0) + 1
+                claimed.append(job)
+    return claimed
+
+
+def has_ready_jobs(host_ids=None) -> bool:
+    jobs = ready_jobs(host_ids).filter(Q(host__isnull=True) | Q(host__is_active=True))
+    return jobs.exists()
+
+
+def active_hosts(names=None):
+    hosts = ExecutorHost.objects.filter(is_active=True)
+    if names:
+        hosts = hosts.filter(name__in=names)
+    return hosts
