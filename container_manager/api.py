@@ -42,7 +42,8 @@ def create_job(
     host = _lookup(ExecutorHost, host, "host") or choose_host()
     job = ContainerJob(
         image=image,
-        command=list(command or []),
+        # A tuple is as good as a list; a string is not an argv and fails validation.
+        command=list(command) if isinstance(command, list | tuple) else (command or []),
         host=host,
         environment_template=_lookup(EnvironmentVariableTemplate, env_template, "env_template"),
         environment_overrides=dict(env or {}),

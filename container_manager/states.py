@@ -44,9 +44,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 class InvalidTransition(ValueError):
     def __init__(self, old: str, new: str):
-        allowed = ", ".join(sorted(TRANSITIONS.get(old, ()))) or "none"
+        old, new = str(old), str(new)
+        allowed = ", ".join(sorted(map(str, TRANSITIONS.get(old, ())))) or "none"
         super().__init__(
-            f"status cannot go from {old!r} to {new!r} (allowed from {old!r}: {allowed})"
+            f"status cannot go from '{old}' to '{new}' (allowed from '{old}': {allowed})"
         )
         self.old, self.new = old, new
 
