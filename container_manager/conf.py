@@ -23,6 +23,21 @@ DEFAULTS = {
     "CANCEL_CHECK_INTERVAL": 1.0,
     # After a stop request, how long a container gets before it is killed.
     "STOP_GRACE_SECONDS": 10,
+    # Liveness: workers heartbeat this often; one silent for WORKER_TIMEOUT is presumed dead
+    # and its jobs are recovered by a live worker.
+    "HEARTBEAT_INTERVAL": 5.0,
+    "WORKER_TIMEOUT": 30.0,
+    # On SIGTERM/SIGINT: how long running jobs are still followed before they are released
+    # for another worker to re-attach to.
+    "SHUTDOWN_GRACE_SECONDS": 30.0,
+    # Retries: the delay before attempt n+1 is min(MAX, BASE * FACTOR ** (n - 1)), of which a
+    # random part up to JITTER (a fraction) is taken off so retries do not stampede.
+    "RETRY_BACKOFF_BASE": 5.0,
+    "RETRY_BACKOFF_FACTOR": 2.0,
+    "RETRY_BACKOFF_MAX": 600.0,
+    "RETRY_JITTER": 0.5,
+    # What a failed attempt is retried for, when attempts remain (a job may say otherwise).
+    "DEFAULT_RETRY_ON": ["launch_error", "exit_code", "timeout", "executor_error", "worker_lost"],
     # Extra executor types: {"type_name": "dotted.path.to.ExecutorClass"}.
     "EXECUTORS": {},
 }

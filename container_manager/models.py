@@ -2,6 +2,7 @@
 (attempts, workers). Status moves are checked by the state machine in ``states``.
 """
 
+import math
 import shlex
 import uuid
 
@@ -176,6 +177,20 @@ def default_max_attempts():
     return setting("DEFAULT_MAX_ATTEMPTS")
 
 
+def default_retry_on():
+    return list(setting("DEFAULT_RETRY_ON"))
+
+
+RETRYABLE_FAILURES = ("launch_error", "exit_code", "timeout", "executor_error", "worker_lost")
+
+
+def validate_retry_on(value):
+    if not isinstance(value, list) or not all(kind in RETRYABLE_FAILURES for kind in value):
+        raise ValidationError(
+            f"must be a list drawn from: {', '.join(RETRYABLE_FAILURES)}; got {value!r}"
+        )
+
+
 class ContainerJob(models.Model):
     """One unit of work: an image and a command to run as a container, and what came of it.
 
@@ -233,6 +248,12 @@ class ContainerJob(models.Model):
     )
     max_attempts = models.PositiveIntegerField(
         default=default_max_attempts, validators=[MinValueValidator(1), MaxValueValidator(100)]
+    )
+    retry_on = models.JSONField(
+        default=default_retry_on,
+        blank=True,
+        validators=[validate_retry_on],
+        help_text="Which failures get another attempt while attempts remain.",
     )
 
     # What happened.
@@ -317,6 +338,8 @@ class ContainerJob(models.Model):
             errors["image"] = "is required (e.g. alpine:3.20)"
         elif any(c.isspace() for c in self.image):
             errors["image"] = f"{self.image!r} contains whitespace"
+        if isinstance(self.cpu_limit, float) and math.isnan(self.cpu_limit):
+            errors["cpu_limit"] = "must be a number of cores, not NaN"
         if self.host_id and not self.host.is_active:
             errors["host"] = f"host {self.host.name!r} is not active"
         if errors:

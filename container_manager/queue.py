@@ -11,10 +11,13 @@ processes run one after another, never interleaved.
 No executor is ever called inside a claim transaction.
 """
 
+from datetime import timedelta
+
 from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
+from .conf import setting
 from .models import ContainerJob, ExecutorHost, JobAttempt, Worker
 from .routing import choose_host
 from .states import ACTIVE, JobStatus
@@ -55,6 +58,10 @@ def claim_jobs(worker: Worker, limit: int, host_ids=None) -> list[ContainerJob]:
             if job.host is None:
                 job.host = choose_host()
         hosts = {job.host.pk: job.host for job in candidates}
+        if connection.features.has_select_for_update:
+            # Counting a host's running jobs and adding to them must not interleave with
+            # another worker doing the same, or both could fill its last slot.
+            list(ExecutorHost.objects.select_for_update().filter(pk__in=hosts).order_by("pk"))
         loads = host_loads(hosts)
         for job in candidates:
             if len(claimed) == limit:
@@ -71,9 +78,60 @@ def claim_jobs(worker: Worker, limit: int, host_ids=None) -> list[ContainerJob]:
     return claimed
 
 
-def has_ready_jobs(host_ids=None) -> bool:
+def promote_due_retries() -> int:
+    """Queue again the jobs whose retry delay has passed."""
+    now = timezone.now()
+    return ContainerJob.objects.filter(status=JobStatus.RETRYING, scheduled_for__lte=now).update(
+        status=JobStatus.QUEUED, queued_at=now
+    )
+
+
+def lost_workers():
+    """Workers that stopped, or whose heartbeat is older than WORKER_TIMEOUT."""
+    silent_since = timezone.now() - timedelta(seconds=setting("WORKER_TIMEOUT"))
+    return Worker.objects.filter(Q(stopped_at__isnull=False) | Q(last_heartbeat__lt=silent_since))
+
+
+def orphaned_jobs(host_ids=None):
+    orphans = ContainerJob.objects.filter(status__in=ACTIVE).filter(
+        Q(worker__isnull=True) | Q(worker__in=lost_workers())
+    )
+    if host_ids is not None:
+        orphans = orphans.filter(host__in=host_ids)
+    return orphans
+
+
+def adopt_orphans(worker: Worker, limit: int, host_ids=None) -> list[ContainerJob]:
+    """Take over up to ``limit`` active jobs whose worker is gone or let go of them.
+
+    Each is taken with a conditional update on its current worker, so two live workers
+    cannot both adopt the same job.
+    """
+    if limit <= 0:
+        return []
+    adopted = []
+    for job in orphaned_jobs(host_ids).select_related("host")[:limit]:
+        taken = ContainerJob.objects.filter(
+            pk=job.pk, status=job.status, worker=job.worker_id
+        ).update(worker=worker)
+        if taken:
+            job.worker = worker
+            adopted.append(job)
+    return adopted
+
+
+def release_jobs(worker: Worker) -> int:
+    """Let go of this worker's active jobs, for another worker to re-attach to."""
+    return ContainerJob.objects.filter(worker=worker, status__in=ACTIVE).update(worker=None)
+
+
+def has_pending_work(host_ids=None) -> bool:
+    """Whether a job is ready to claim, waiting for its retry, or orphaned."""
     jobs = ready_jobs(host_ids).filter(Q(host__isnull=True) | Q(host__is_active=True))
-    return jobs.exists()
+    retries = ContainerJob.objects.filter(status=JobStatus.RETRYING)
+    if host_ids is not None:
+        retries = retries.filter(host__in=host_ids)
+    return jobs.exists() or retries.exists() or orphaned_jobs(host_ids).exists()
 
 
 def active_hosts(names=None):

@@ -1,4 +1,5 @@
-"""The worker loop: claim ready jobs, run each in its own thread, keep a heartbeat.
+"""The worker loop: claim ready jobs, run each in its own thread, keep a heartbeat, and
+adopt the jobs of workers that died.
 
 Launching and harvesting are one thing here: the thread that launches a job stays with it
 until its outcome is recorded, so the loop itself never blocks on a container and never
@@ -11,19 +12,18 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
-from django.db import close_old_connections, connections
+from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
 from . import queue
 from .conf import setting
 from .models import Worker as WorkerRecord
-from .runner import run_attempt
+from .notify import Listener
+from .runner import Runner
 
 logger = logging.getLogger(__name__)
-
-HEARTBEAT_INTERVAL = 5.0
 
 
 class Worker:
@@ -41,10 +41,13 @@ class Worker:
         )
         self.host_names = host_names or None
         self.until_idle = until_idle
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # no more claiming
+        self.release = threading.Event()  # running jobs are let go, for another worker
+        self.wake = threading.Event()  # something happened: look again now
         self.running = {}  # future -> job
         self.record = None
         self.jobs_finished = 0
+        self.stop_deadline = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -57,18 +60,31 @@ class Worker:
             self.poll_interval,
             f", hosts {', '.join(self.host_names)}" if self.host_names else "",
         )
-        with ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="cm-job") as pool:
-            self.pool = pool
-            try:
-                self._loop()
-            finally:
-                WorkerRecord.objects.filter(pk=self.record.pk).update(stopped_at=timezone.now())
+        listener = Listener(self.wake) if Listener.available() else None
+        if listener:
+            listener.start()
+        pool = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="cm-job")
+        self.pool = pool
+        try:
+            self._loop()
+        finally:
+            self.release.set()
+            pool.shutdown(wait=True)
+            if listener:
+                listener.stop()
+            self._sign_off()
         logger.info("worker %s stopped after %d job(s)", self.record.pk, self.jobs_finished)
 
     def request_stop(self, *_args) -> None:
-        if not self.stopping.is_set():
-            logger.info("stopping: no new jobs will be claimed; waiting for running ones")
-        self.stopping.set()
+        if self.stopping.is_set():
+            logger.info("second stop request: releasing running jobs now")
+            self.release.set()
+        else:
+            grace = setting("SHUTDOWN_GRACE_SECONDS")
+            logger.info("stopping: no new jobs; following running ones for up to %ss", grace)
+            self.stop_deadline = time.monotonic() + grace
+            self.stopping.set()
+        self.wake.set()
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -80,40 +96,62 @@ class Worker:
         next_heartbeat = 0.0
         while True:
             self._reap()
-            if time.monotonic() >= next_heartbeat:
-                self._heartbeat()
-                next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
             if self.stopping.is_set():
                 if not self.running:
                     return
-            else:
-                claimed = self._claim()
-                if self.until_idle and not self.running and not claimed and not self._has_work():
+                if self.release.is_set() or time.monotonic() >= self.stop_deadline:
+                    self.release.set()
                     return
-            self._wait()
-
-    def _has_work(self) -> bool:
-        return queue.has_ready_jobs(self._host_ids())
+            try:
+                close_old_connections()
+                if time.monotonic() >= next_heartbeat:
+                    self._heartbeat()
+                    next_heartbeat = time.monotonic() + setting("HEARTBEAT_INTERVAL")
+                if not self.stopping.is_set():
+                    started = self._take_work()
+                    idle = not self.running and not started
+                    if self.until_idle and idle and not self._has_work():
+                        return
+            except DatabaseError as error:
+                # The database went away (restart, killed connection): keep following the
+                # running jobs and try again at the next turn.
+                logger.warning("database error in worker loop: %s; retrying", error)
+                connections.close_all()
+            self.wake.wait(self.poll_interval)
+            self.wake.clear()
 
     def _host_ids(self):
         if self.host_names is None:
             return None
         return list(queue.active_hosts(self.host_names).values_list("pk", flat=True))
 
-    def _claim(self) -> int:
-        free = self.max_concurrent - len(self.running)
-        if free <= 0:
-            return 0
-        close_old_connections()
-        jobs = queue.claim_jobs(self.record, free, self._host_ids())
-        for job in jobs:
-            logger.info("claimed job %s (%s) for host %s", job.pk, job, job.host.name)
-            self.running[self.pool.submit(self._run_in_thread, job)] = job
-        return len(jobs)
+    def _has_work(self) -> bool:
+        return queue.has_pending_work(self._host_ids())
 
-    def _run_in_thread(self, job) -> None:
+    def _take_work(self) -> int:
+        """Adopt orphaned jobs first (they are already running), then claim new ones."""
+        host_ids = self._host_ids()
+        free = self.max_concurrent - len(self.running)
+        adopted = queue.adopt_orphans(self.record, free, host_ids)
+        for job in adopted:
+            logger.info("adopted job %s (%s) from a lost worker", job.pk, job.status)
+            self._submit(Runner(job, self.release).resume, job)
+        queue.promote_due_retries()
+        claimed = queue.claim_jobs(self.record, free - len(adopted), host_ids)
+        for job in claimed:
+            logger.info("claimed job %s (%s) for host %s", job.pk, job, job.host.name)
+            self._submit(Runner(job, self.release).run, job)
+        return len(adopted) + len(claimed)
+
+    def _submit(self, target, job) -> None:
+        future = self.pool.submit(self._in_thread, target)
+        future.add_done_callback(lambda _f: self.wake.set())
+        self.running[future] = job
+
+    @staticmethod
+    def _in_thread(target) -> None:
         try:
-            run_attempt(job)
+            target()
         finally:
             connections.close_all()
 
@@ -124,12 +162,20 @@ class Worker:
             if future.exception() is not None:
                 logger.error("job %s: runner crashed", job.pk, exc_info=future.exception())
 
-    def _wait(self) -> None:
-        # A finished job frees a slot at once; otherwise look for new work every poll.
-        if self.running:
-            wait(list(self.running), timeout=self.poll_interval, return_when=FIRST_COMPLETED)
-        else:
-            self.stopping.wait(self.poll_interval)
-
     def _heartbeat(self) -> None:
         WorkerRecord.objects.filter(pk=self.record.pk).update(last_heartbeat=timezone.now())
+
+    def _sign_off(self) -> None:
+        """Hand back what is still running, and say this worker is gone."""
+        for attempt in range(3):
+            try:
+                close_old_connections()
+                released = queue.release_jobs(self.record)
+                WorkerRecord.objects.filter(pk=self.record.pk).update(stopped_at=timezone.now())
+                if released:
+                    logger.info("released %d running job(s) for another worker", released)
+                return
+            except DatabaseError as error:
+                logger.warning("could not sign off (%s); retrying", error)
+                connections.close_all()
+                time.sleep(attempt + 1)

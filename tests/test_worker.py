@@ -135,3 +135,131 @@ def test_priority_then_age_decides_order(mock_host):
     low.refresh_from_db()
     high.refresh_from_db()
     assert high.started_at < low.started_at
+
+
+def test_failures_are_retried_with_backoff_and_every_attempt_is_kept(db, settings):
+    settings.CONTAINER_MANAGER = {"RETRY_BACKOFF_BASE": 0.1, "RETRY_JITTER": 0.0}
+    host = ExecutorHost.objects.create(
+        name="flaky", executor_type="mock", executor_config={"exit_code": 1}
+    )
+    job = create_job("img", host=host, max_attempts=3)
+    run_worker()
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == ("failed", 3)
+    attempts = list(job.attempt_set.order_by("number"))
+    assert [a.status for a in attempts] == ["failed"] * 3
+    assert len({a.execution_id for a in attempts}) == 3
+    assert job.execution_id == attempts[-1].execution_id
+    # The second retry waited about twice as long as the first.
+    gap1 = attempts[1].started_at - attempts[0].finished_at
+    gap2 = attempts[2].started_at - attempts[1].finished_at
+    assert gap1.total_seconds() >= 0.1
+    assert gap2.total_seconds() >= 0.2
+
+
+def test_only_the_listed_failures_are_retried(db, settings):
+    settings.CONTAINER_MANAGER = {"RETRY_BACKOFF_BASE": 0.01}
+    host = ExecutorHost.objects.create(
+        name="flaky", executor_type="mock", executor_config={"exit_code": 1}
+    )
+    job = create_job("img", host=host, max_attempts=3, retry_on=["timeout"])
+    run_worker()
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == ("failed", 1)
+
+
+def test_backoff_grows_exponentially_up_to_the_cap(settings):
+    from container_manager.runner import backoff_seconds
+
+    settings.CONTAINER_MANAGER = {
+        "RETRY_BACKOFF_BASE": 1.0,
+        "RETRY_BACKOFF_FACTOR": 3.0,
+        "RETRY_BACKOFF_MAX": 20.0,
+        "RETRY_JITTER": 0.0,
+    }
+    assert [backoff_seconds(n) for n in (1, 2, 3, 4)] == [1.0, 3.0, 9.0, 20.0]
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "RETRY_JITTER": 0.5}
+    assert all(10.0 <= backoff_seconds(4) <= 20.0 for _ in range(50))
+
+
+def test_job_of_a_dead_worker_is_adopted_and_not_started_again(db):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from container_manager.executors.mock import MockExecutor
+    from container_manager.models import Worker as WorkerRecord
+    from container_manager.queue import claim_jobs
+
+    host = ExecutorHost.objects.create(
+        name="slow", executor_type="mock", executor_config={"duration_seconds": 0.3}
+    )
+    job = create_job("img", host=host)
+    dead = WorkerRecord.objects.create(hostname="gone", pid=1)
+    [claimed] = claim_jobs(dead, 1)
+    execution_id = host.get_executor().launch(claimed)
+    claimed.transition("running", execution_id=execution_id, started_at=timezone.now())
+    WorkerRecord.objects.filter(pk=dead.pk).update(
+        last_heartbeat=timezone.now() - timedelta(minutes=5)
+    )
+    launches_before = len(MockExecutor._executions)
+    run_worker()
+    job.refresh_from_db()
+    assert job.status == "completed"
+    assert job.execution_id == execution_id
+    assert job.attempts == 1 and job.attempt_set.count() == 1
+    assert len(MockExecutor._executions) <= launches_before
+
+
+def test_job_claimed_by_a_dead_worker_before_launch_is_queued_again(db):
+    from container_manager.models import Worker as WorkerRecord
+    from container_manager.queue import claim_jobs
+
+    job = create_job("img", host=ExecutorHost.objects.create(name="m", executor_type="mock"))
+    dead = WorkerRecord.objects.create(hostname="gone", pid=1, stopped_at="2026-01-01T00:00Z")
+    claim_jobs(dead, 1)
+    run_worker()
+    job.refresh_from_db()
+    assert job.status == "completed"
+    assert list(job.attempt_set.values_list("number", "worker")) == [(1, job.worker_id)]
+
+
+def test_lost_execution_fails_with_a_clear_error(db):
+    from django.utils import timezone
+
+    from container_manager.models import Worker as WorkerRecord
+    from container_manager.queue import claim_jobs
+
+    job = create_job("img", host=ExecutorHost.objects.create(name="m", executor_type="mock"))
+    dead = WorkerRecord.objects.create(hostname="gone", pid=1, stopped_at=timezone.now())
+    [claimed] = claim_jobs(dead, 1)
+    claimed.transition("running", execution_id="mock-vanished", started_at=timezone.now())
+    run_worker()
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert "worker running this job was lost" in job.last_error
+    assert "mock-vanished" in job.last_error
+
+
+def test_shutdown_releases_running_jobs_for_another_worker(db, settings):
+    settings.CONTAINER_MANAGER = {"SHUTDOWN_GRACE_SECONDS": 0.2, "CANCEL_CHECK_INTERVAL": 0.05}
+    host = ExecutorHost.objects.create(
+        name="slow", executor_type="mock", executor_config={"duration_seconds": 1.5}
+    )
+    job = create_job("img", host=host)
+    first = Worker(poll_interval=0.05)
+    thread = threading.Thread(target=first.run)
+    thread.start()
+    for _ in range(100):
+        job.refresh_from_db()
+        if job.status == "running":
+            break
+        time.sleep(0.05)
+    first.request_stop()
+    thread.join(10)
+    job.refresh_from_db()
+    assert (job.status, job.worker_id) == ("running", None)
+    run_worker()  # same process, so the mock execution is still there to re-attach to
+    job.refresh_from_db()
+    assert job.status == "completed"
+    assert job.attempt_set.count() == 1

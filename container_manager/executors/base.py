@@ -111,6 +111,15 @@ class BaseExecutor:
         """Ask the execution to stop; kill it if it has not after ``grace_seconds``."""
         raise NotImplementedError
 
+    def find_execution(self, job: ContainerJob) -> str | None:
+        """The id of what was started for the job's current attempt, if it can be found.
+
+        Used to recover a job whose worker died between starting it and recording its id,
+        so it is re-attached to rather than started twice. Backends that can look
+        executions up (Docker by label) override this.
+        """
+        return None
+
     def cleanup(self, execution_id: str) -> None:
         """Remove whatever the execution left behind. Safe to call twice."""
 
