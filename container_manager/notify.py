@@ -69,7 +69,7 @@ class Listener(threading.Thread):
                     # Jobs may have been queued while we were not listening.
                     self.wake.set()
                     while not self.stopped.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        for _ in conn.notifies(timeout=0.2, stop_after=1):
                             self.wake.set()
             except Exception as error:  # noqa: BLE001 - keep listening whatever happens
                 logger.warning("job listener: %s; reconnecting", error)
@@ -77,3 +77,4 @@ class Listener(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
+        self.join(timeout=5)

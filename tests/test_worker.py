@@ -5,12 +5,27 @@ import time
 
 import pytest
 from django.core.management import call_command
+from django.db import connections
 
 from container_manager.api import cancel_job, create_job
 from container_manager.models import ContainerJob, ExecutorHost, JobAttempt
 from container_manager.worker import Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def in_thread(worker):
+    """Run a worker in a thread that closes its own database connection when done."""
+
+    def target():
+        try:
+            worker.run()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread
 
 
 def run_worker(**kwargs):
@@ -103,8 +118,7 @@ def test_cancel_running_job_from_outside(db, settings):
     )
     job = create_job("img", host=host)
     worker = Worker(until_idle=True, poll_interval=0.05)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
+    thread = in_thread(worker)
     for _ in range(100):
         job.refresh_from_db()
         if job.status == "running":
@@ -248,8 +262,7 @@ def test_shutdown_releases_running_jobs_for_another_worker(db, settings):
     )
     job = create_job("img", host=host)
     first = Worker(poll_interval=0.05)
-    thread = threading.Thread(target=first.run)
-    thread.start()
+    thread = in_thread(first)
     for _ in range(100):
         job.refresh_from_db()
         if job.status == "running":
