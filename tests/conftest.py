@@ -46,3 +46,63 @@ def docker_host(db, docker_engine):
 @pytest.fixture
 def mock_host(db):
     return ExecutorHost.objects.create(name="mock", executor_type="mock")
+
+
+def database_url_for_subprocesses() -> str:
+    """The test database as a DATABASE_URL, for worker processes started by a test."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
+    return f"postgres://{auth}@{s['HOST'] or 'localhost'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+class WorkerProcesses:
+    """Real `process_container_jobs` processes; all are killed at the end of the test."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.procs = []
+
+    def start(self, *args, env=None):
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent.parent
+        log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, str(root / "manage.py"), "process_container_jobs", *args],
+            cwd=root,
+            env={
+                **os.environ,
+                "DATABASE_URL": database_url_for_subprocesses(),
+                "CONTAINER_MANAGER_LOG_LEVEL": "INFO",
+                **(env or {}),
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        proc.log_path = log.name
+        self.procs.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- worker {p.pid}\n" + open(p.log_path, errors="replace").read() for p in self.procs
+        )
+
+    def stop_all(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture
+def worker_processes(tmp_path):
+    workers = WorkerProcesses(tmp_path)
+    yield workers
+    workers.stop_all()

@@ -1,0 +1,83 @@
+"""Several real worker processes sharing one database (the queue logic, on mock jobs)."""
+
+import time
+
+import pytest
+from django.db import connection
+from django.db.models import Count
+
+from container_manager.api import create_job
+from container_manager.models import ContainerJob, ExecutorHost, JobAttempt
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def wait_until(predicate, timeout, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def test_four_workers_run_each_of_many_jobs_exactly_once(worker_processes):
+    # 1,000 jobs on PostgreSQL; SQLite serialises every write, so it gets fewer.
+    count = 1000 if connection.vendor == "postgresql" else 200
+    host = ExecutorHost.objects.create(name="mock", executor_type="mock", max_concurrent_jobs=50)
+    ContainerJob.objects.bulk_create(
+        ContainerJob(image="img", command=[str(i)], host=host) for i in range(count)
+    )
+    for _ in range(4):
+        worker_processes.start("--until-idle", "--poll-interval", "0.1", "--max-concurrent", "8")
+    for proc in worker_processes.procs:
+        assert proc.wait(240) == 0, worker_processes.logs()
+
+    statuses = dict(ContainerJob.objects.values_list("status").annotate(n=Count("pk")))
+    assert statuses == {"completed": count}, worker_processes.logs()[-5000:]
+    assert JobAttempt.objects.count() == count
+    assert not JobAttempt.objects.values("job").annotate(n=Count("pk")).filter(n__gt=1).exists()
+    assert ContainerJob.objects.values("execution_id").distinct().count() == count
+    # Every worker took part.
+    assert JobAttempt.objects.values("worker").distinct().count() == 4
+
+
+def test_per_host_limit_holds_across_workers(worker_processes):
+    host = ExecutorHost.objects.create(
+        name="narrow",
+        executor_type="mock",
+        max_concurrent_jobs=2,
+        executor_config={"duration_seconds": 0.3},
+    )
+    for i in range(10):
+        create_job("img", [str(i)], host=host)
+    for _ in range(3):
+        worker_processes.start("--until-idle", "--poll-interval", "0.05")
+    peak = 0
+    while any(p.poll() is None for p in worker_processes.procs):
+        running = ContainerJob.objects.filter(host=host, status__in=["launching", "running"])
+        peak = max(peak, running.count())
+        time.sleep(0.02)
+    assert peak <= 2
+    assert ContainerJob.objects.filter(status="completed").count() == 10
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_new_job_is_picked_up_at_once_through_notify(worker_processes):
+    host = ExecutorHost.objects.create(name="mock", executor_type="mock")
+    worker_processes.start("--poll-interval", "60")
+    time.sleep(2)  # let it start and go to sleep on its 60 s poll
+    job = create_job("img", host=host)
+    assert wait_until(lambda: ContainerJob.objects.get(pk=job.pk).status == "completed", 10), (
+        worker_processes.logs()
+    )
+
+
+def test_sigterm_stops_a_worker_cleanly(worker_processes):
+    import signal
+
+    proc = worker_processes.start("--poll-interval", "0.1")
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0, worker_processes.logs()
+    assert "stopped after" in worker_processes.logs()
