@@ -1,0 +1,298 @@
+"""The Django admin: configuration over the models; actions call ``container_manager.api``.
+
+List pages never show environment variable values (they may be secrets).
+"""
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+
+from . import api
+from .executors import executor_types
+from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost, JobAttempt, Worker
+from .routing import choose_host
+from .serializers import validation_error_lines, with_running_jobs
+from .states import InvalidTransition, JobStatus
+
+
+def registered_executor_types():
+    return [(name, name) for name in sorted(executor_types())]
+
+
+class BlankJSONForm(forms.ModelForm):
+    """A cleared JSON box means empty (``[]`` / ``{}``), not NULL, which the columns refuse."""
+
+    blank_json = {}  # field name -> what makes its empty value (list, dict)
+
+    def clean(self):
+        cleaned = super().clean()
+        for name, empty in self.blank_json.items():
+            if name in cleaned and cleaned[name] is None:
+                cleaned[name] = empty()
+        return cleaned
+
+
+class ExecutorHostForm(BlankJSONForm):
+    executor_type = forms.ChoiceField(choices=registered_executor_types)
+    blank_json = {"executor_config": dict, "labels": dict}
+
+    class Meta:
+        model = ExecutorHost
+        fields = (
+            "name",
+            "executor_type",
+            "connection_string",
+            "tls_verify",
+            "tls_ca_cert",
+            "tls_client_cert",
+            "tls_client_key",
+            "executor_config",
+            "is_active",
+            "weight",
+            "max_concurrent_jobs",
+            "labels",
+        )
+
+
+@admin.register(ExecutorHost)
+class ExecutorHostAdmin(admin.ModelAdmin):
+    form = ExecutorHostForm
+    list_display = (
+        "name",
+        "executor_type",
+        "connection_string",
+        "is_active",
+        "health_status",
+        "last_health_check",
+        "running_jobs",
+    )
+    list_filter = ("executor_type", "is_active", "health_status")
+    search_fields = ("name", "connection_string")
+    readonly_fields = (
+        "health_status",
+        "health_message",
+        "last_health_check",
+        "created_at",
+        "updated_at",
+    )
+    actions = ["check_health"]
+
+    def get_queryset(self, request):
+        return with_running_jobs(super().get_queryset(request))
+
+    @admin.display(description="running / max", ordering="running_jobs")
+    def running_jobs(self, host):
+        return f"{host.running_jobs} / {host.max_concurrent_jobs}"
+
+    @admin.action(description="Check health of the selected hosts")
+    def check_health(self, request, queryset):
+        for host in queryset:
+            try:
+                health = host.check_health()
+            except Exception as error:  # noqa: BLE001 - report it, go on with the others
+                self.message_user(request, f"{host.name}: check failed: {error!r}", messages.ERROR)
+                continue
+            state, level = (
+                ("healthy", messages.SUCCESS) if health.healthy else ("unhealthy", messages.ERROR)
+            )
+            self.message_user(request, f"{host.name}: {state}: {health.message}", level)
+
+
+@admin.register(EnvironmentVariableTemplate)
+class EnvironmentVariableTemplateAdmin(admin.ModelAdmin):
+    list_display = ("name", "description", "updated_at")
+    search_fields = ("name", "description")
+    readonly_fields = ("created_at", "updated_at")
+
+
+class JobAttemptInline(admin.TabularInline):
+    model = JobAttempt
+    fields = (
+        "number",
+        "status",
+        "host",
+        "worker",
+        "execution_id",
+        "exit_code",
+        "error",
+        "started_at",
+        "finished_at",
+    )
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+WHAT_TO_RUN_FIELDS = (
+    "image",
+    "command",
+    "working_dir",
+    "environment_template",
+    "environment_overrides",
+    "memory_limit",
+    "cpu_limit",
+    "timeout_seconds",
+    "max_attempts",
+    "retry_on",
+)
+
+
+class ContainerJobForm(BlankJSONForm):
+    blank_json = {"command": list, "environment_overrides": dict, "retry_on": list}
+
+    class Meta:
+        model = ContainerJob
+        fields = (
+            "name",
+            "host",
+            "priority",
+            "scheduled_for",
+            *WHAT_TO_RUN_FIELDS,
+        )
+
+    def clean(self):
+        cleaned = super().clean()
+        # As api.create_job does: a new job without a host goes where routing says.
+        if self.instance._state.adding and not cleaned.get("host") and "host" not in self.errors:
+            try:
+                cleaned["host"] = choose_host()
+            except ValidationError as error:
+                self.add_error(None, error)
+        return cleaned
+
+
+OUTCOME_FIELDS = (
+    "status",
+    "execution_id",
+    "exit_code",
+    "attempts",
+    "last_error",
+    "peak_memory_bytes",
+    "cpu_seconds",
+    "stdout",
+    "stderr",
+    "worker",
+    "cancel_requested_at",
+    "created_by",
+    "created_at",
+    "queued_at",
+    "started_at",
+    "finished_at",
+)
+
+
+@admin.register(ContainerJob)
+class ContainerJobAdmin(admin.ModelAdmin):
+    form = ContainerJobForm
+    list_display = (
+        "short_id",
+        "name",
+        "status",
+        "host",
+        "image",
+        "exit_code",
+        "attempts",
+        "created_at",
+        "finished_at",
+    )
+    list_filter = ("status", "host")
+    list_select_related = ("host",)
+    search_fields = ("name", "image", "id", "execution_id")
+    readonly_fields = ("id", *OUTCOME_FIELDS)
+    fieldsets = (
+        (None, {"fields": ("id", "name", "status", "host", "priority", "scheduled_for")}),
+        ("What to run", {"fields": WHAT_TO_RUN_FIELDS}),
+        (
+            "Outcome",
+            {
+                "fields": (
+                    "execution_id",
+                    "exit_code",
+                    "attempts",
+                    "last_error",
+                    "peak_memory_bytes",
+                    "cpu_seconds",
+                    "stdout",
+                    "stderr",
+                )
+            },
+        ),
+        (
+            "History",
+            {
+                "fields": (
+                    "created_by",
+                    "created_at",
+                    "queued_at",
+                    "started_at",
+                    "finished_at",
+                    "cancel_requested_at",
+                    "worker",
+                )
+            },
+        ),
+    )
+    inlines = [JobAttemptInline]
+    actions = ["cancel_jobs", "retry_jobs"]
+
+    @admin.display(description="ID", ordering="id")
+    def short_id(self, job):
+        return str(job.pk)[:8]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Once a worker has taken a job, what it runs is history: nothing is editable.
+        if obj is not None and obj.status not in (JobStatus.PENDING, JobStatus.QUEUED):
+            return ("id", *(field.name for field in obj._meta.fields if field.name != "id"))
+        return self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+            obj.save()
+        else:
+            # Write only what was edited, never the outcome a worker may be writing now.
+            obj.save(update_fields=form.changed_data)
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_jobs(self, request, queryset):
+        def done(job):
+            if job.status == JobStatus.CANCELLED:
+                return "cancelled"
+            return f"cancel requested (it is {job.status}; its worker stops it)"
+
+        self._apply(request, queryset, api.cancel_job, done)
+
+    @admin.action(description="Retry selected jobs")
+    def retry_jobs(self, request, queryset):
+        self._apply(request, queryset, api.retry_job, lambda job: "queued again")
+
+    def _apply(self, request, queryset, operation, done):
+        for job in queryset.select_related("host"):
+            label = f"Job {job.name or job.pk} ({str(job.pk)[:8]})"
+            try:
+                job = operation(job)
+            except ValidationError as error:
+                problem = "; ".join(validation_error_lines(error))
+                self.message_user(request, f"{label}: {problem}", messages.ERROR)
+            except InvalidTransition as error:
+                self.message_user(request, f"{label}: {error}", messages.ERROR)
+            else:
+                self.message_user(request, f"{label}: {done(job)}", messages.SUCCESS)
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    """Workers register themselves; here they are only looked at (or deleted when stale)."""
+
+    list_display = ("hostname", "pid", "started_at", "last_heartbeat", "stopped_at")
+    search_fields = ("hostname",)
+    readonly_fields = ("id", "hostname", "pid", "started_at", "last_heartbeat", "stopped_at")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,482 @@
+"""Operate jobs from a shell: create, list, show, logs, cancel, retry, and the hosts.
+
+A thin layer: arguments are parsed here, the work is done by ``container_manager.api`` and
+the models, and the result is printed for people or, with ``--json``, for scripts (the JSON
+comes from ``container_manager.serializers``, as everywhere else).
+
+Environment variable values never appear in the output, only their names: they may be secrets.
+"""
+
+import json
+import shlex
+import time
+import uuid
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from container_manager import api
+from container_manager.executors import ExecutorError
+from container_manager.models import ContainerJob, ExecutorHost
+from container_manager.output import decode_output
+from container_manager.serializers import (
+    host_to_dict,
+    job_to_dict,
+    validation_error_lines,
+    with_running_jobs,
+)
+from container_manager.states import InvalidTransition, JobStatus
+
+DEFAULT_LIST_LIMIT = 50
+# How often ``logs --follow`` looks at a job that has not started (or cannot be streamed).
+FOLLOW_POLL_SECONDS = 0.5
+
+# create's options that are plain ContainerJob fields: option dest -> field name.
+CREATE_FIELDS = {
+    "name": "name",
+    "memory": "memory_limit",
+    "cpus": "cpu_limit",
+    "timeout": "timeout_seconds",
+    "priority": "priority",
+    "max_attempts": "max_attempts",
+}
+
+
+def invalid(error: ValidationError) -> CommandError:
+    """A CommandError naming each bad field and what is wrong with it."""
+    return CommandError("; ".join(validation_error_lines(error)))
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(value)
+    return number
+
+
+positive_int.__name__ = "positive integer"  # what argparse calls it in its error message
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValidationError({"env": f"expected KEY=VALUE, got {key!r}"})
+        env[key] = value
+    return env
+
+
+def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
+    """Split off a UTF-8 character cut at the end of ``data``, to decode it with what follows."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if 0x80 <= byte < 0xC0:  # a continuation byte: the character starts further back
+            continue
+        length = next((n for n, limit in ((2, 0xE0), (3, 0xF0), (4, 0xF8)) if byte < limit), 1)
+        if byte >= 0xC0 and length > back:
+            return data[:-back], data[-back:]
+        break
+    return data, b""
+
+
+def when(value) -> str:
+    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z") if value else "-"
+
+
+def seconds_text(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return str(timedelta(seconds=round(seconds)))
+
+
+def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    return [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    ]
+
+
+def clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class Command(BaseCommand):
+    help = (
+        "Create, inspect and control container jobs, and list or check executor hosts. "
+        "Run 'manage_container_job SUBCOMMAND --help' for each subcommand's options."
+    )
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+
+        create = sub.add_parser(
+            "create",
+            help="Create a job (queued, or pending with --hold).",
+            description="Create a job. The command is an argv list after '--', passed to the "
+            "container as it is (no shell unless you run one, e.g. -- sh -c '...').",
+        )
+        create.add_argument("--image", required=True, help="Image to run, e.g. alpine:3.20.")
+        create.add_argument(
+            "--host", help="Executor host name (default: chosen by routing among active hosts)."
+        )
+        create.add_argument("--name", help="A name for people.")
+        create.add_argument(
+            "--env",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="An environment variable, on top of the template's (repeatable).",
+        )
+        create.add_argument("--env-template", metavar="NAME", help="Environment template name.")
+        create.add_argument("--memory", type=int, metavar="MB", help="Memory limit in MB.")
+        create.add_argument("--cpus", type=float, metavar="N", help="CPU limit in cores.")
+        create.add_argument("--timeout", type=int, metavar="S", help="Timeout in seconds.")
+        create.add_argument("--priority", type=int, metavar="P", help="Higher runs first.")
+        create.add_argument("--max-attempts", type=int, metavar="N", help="Tries before giving up.")
+        create.add_argument(
+            "--hold", action="store_true", help="Create it pending: it is not run until queued."
+        )
+        self._json_flag(create)
+        create.add_argument(
+            "argv", nargs="*", metavar="-- ARGV", help="The command (default: the image's)."
+        )
+
+        listing = sub.add_parser("list", help="List jobs, newest first.")
+        listing.add_argument("--status", choices=JobStatus.values)
+        listing.add_argument("--host", metavar="NAME", help="Only this host's jobs.")
+        listing.add_argument(
+            "--limit",
+            type=positive_int,
+            default=DEFAULT_LIST_LIMIT,
+            metavar="N",
+            help=f"At most N jobs (default {DEFAULT_LIST_LIMIT}).",
+        )
+        self._json_flag(listing)
+
+        show = sub.add_parser("show", help="Everything about one job and its attempts.")
+        show.add_argument("job_id", metavar="JOB_ID")
+        self._json_flag(show)
+
+        logs = sub.add_parser(
+            "logs",
+            help="Print a job's output (stored stdout, then stderr).",
+            description="Print a job's stored output. With --follow, stream a running job's "
+            "output (stdout and stderr together) until it ends; a job that has not started "
+            "yet is waited for.",
+        )
+        logs.add_argument("job_id", metavar="JOB_ID")
+        only = logs.add_mutually_exclusive_group()
+        only.add_argument("--stdout", dest="only_stdout", action="store_true", help="Only stdout.")
+        only.add_argument("--stderr", dest="only_stderr", action="store_true", help="Only stderr.")
+        logs.add_argument("--follow", "-f", action="store_true", help="Stream until the job ends.")
+
+        for name, text in [
+            ("cancel", "Cancel a job: at once if not running, else its worker stops it."),
+            ("retry", "Queue a failed, timed-out or cancelled job again."),
+        ]:
+            action = sub.add_parser(name, help=text, description=text)
+            action.add_argument("job_id", metavar="JOB_ID")
+            self._json_flag(action)
+
+        hosts = sub.add_parser(
+            "hosts",
+            help="List executor hosts; --check asks each one for its health.",
+            description="List executor hosts. With --check, ask each host whether it can run "
+            "jobs, record the answer, and exit non-zero if any host is unhealthy.",
+        )
+        hosts.add_argument("--check", action="store_true", help="Run a health check on each.")
+        self._json_flag(hosts)
+
+    @staticmethod
+    def _json_flag(parser):
+        parser.add_argument("--json", dest="as_json", action="store_true", help="Output JSON.")
+
+    def handle(self, *args, **options):
+        handler = getattr(self, f"handle_{options['subcommand']}")
+        try:
+            handler(options)
+        except ValidationError as error:
+            raise invalid(error) from error
+        except InvalidTransition as error:
+            raise CommandError(str(error)) from error
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def write_json(self, data):
+        self.stdout.write(json.dumps(data, indent=2))
+
+    def get_job(self, job_id: str) -> ContainerJob:
+        try:
+            pk = uuid.UUID(job_id)
+            return ContainerJob.objects.select_related(
+                "host", "environment_template", "created_by"
+            ).get(pk=pk)
+        except (ValueError, ContainerJob.DoesNotExist):
+            raise CommandError(f"no job with id {job_id!r}") from None
+
+    def get_host(self, name: str) -> ExecutorHost:
+        try:
+            return ExecutorHost.objects.get(name=name)
+        except ExecutorHost.DoesNotExist:
+            raise ValidationError({"host": f"no executor host named {name!r}"}) from None
+
+    # -- subcommands ---------------------------------------------------------------------
+
+    def handle_create(self, options):
+        fields = {
+            field: options[option]
+            for option, field in CREATE_FIELDS.items()
+            if options[option] is not None
+        }
+        job = api.create_job(
+            options["image"],
+            options["argv"],
+            host=options["host"],
+            env=parse_env(options["env"]),
+            env_template=options["env_template"],
+            hold=options["hold"],
+            **fields,
+        )
+        if options["as_json"]:
+            self.write_json(job_to_dict(job))
+        else:
+            self.stdout.write(f"Created job {job.pk} (status: {job.status}, host: {job.host.name})")
+
+    def handle_list(self, options):
+        jobs = ContainerJob.objects.select_related("host")
+        if options["status"]:
+            jobs = jobs.filter(status=options["status"])
+        if options["host"]:
+            jobs = jobs.filter(host=self.get_host(options["host"]))
+        if options["as_json"]:
+            jobs = jobs.select_related("environment_template", "created_by").prefetch_related(
+                "attempt_set__host"
+            )
+            self.write_json([job_to_dict(job) for job in jobs[: options["limit"]]])
+            return
+        rows = [
+            [
+                str(job.pk),
+                clip(job.name, 30) or "-",
+                job.status,
+                job.host.name if job.host else "-",
+                clip(job.image, 40),
+                when(job.created_at),
+            ]
+            for job in jobs[: options["limit"]]
+        ]
+        if not rows:
+            self.stdout.write("No jobs.")
+            return
+        for line in table(["ID", "NAME", "STATUS", "HOST", "IMAGE", "CREATED"], rows):
+            self.stdout.write(line)
+
+    def handle_show(self, options):
+        job = self.get_job(options["job_id"])
+        if options["as_json"]:
+            self.write_json(job_to_dict(job))
+            return
+        for label, value in self.describe(job):
+            lines = str(value).splitlines() or [""]
+            self.stdout.write(f"{label}: {lines[0]}")
+            for line in lines[1:]:
+                self.stdout.write(f"    {line}")
+        attempts = list(job.attempt_set.select_related("host"))
+        self.stdout.write("Attempt history:" + ("" if attempts else " none"))
+        rows = [
+            [
+                f"#{attempt.number}",
+                attempt.status,
+                attempt.host.name if attempt.host else "-",
+                attempt.execution_id or "-",
+                "-" if attempt.exit_code is None else str(attempt.exit_code),
+                when(attempt.started_at),
+                clip(attempt.error, 80) or "-",
+            ]
+            for attempt in attempts
+        ]
+        if rows:
+            headers = ["#", "STATUS", "HOST", "EXECUTION ID", "EXIT", "STARTED", "ERROR"]
+            for line in table(headers, rows):
+                self.stdout.write(f"  {line}")
+
+    def describe(self, job) -> list[tuple[str, object]]:
+        status = job.status
+        if job.cancel_requested_at and not job.is_terminal:
+            status += f" (cancel requested at {when(job.cancel_requested_at)})"
+        env = []
+        if job.environment_template:
+            env.append(f"template {job.environment_template.name}")
+        if job.environment_overrides:
+            env.append("variables " + ", ".join(sorted(job.environment_overrides)))
+        limits = [f"timeout {job.timeout_seconds} s"]
+        if job.memory_limit is not None:
+            limits.append(f"memory {job.memory_limit} MB")
+        if job.cpu_limit is not None:
+            limits.append(f"cpus {job.cpu_limit:g}")
+        if job.duration is not None:
+            duration = seconds_text(job.duration.total_seconds())
+        elif job.started_at and not job.is_terminal:
+            duration = seconds_text((timezone.now() - job.started_at).total_seconds())
+            duration += " so far"
+        else:
+            duration = "-"
+        lines = [
+            ("ID", job.pk),
+            ("Name", job.name or "-"),
+            ("Status", status),
+            ("Host", job.host.name if job.host else "-"),
+            ("Execution ID", job.get_execution_identifier() or "-"),
+            ("Image", job.image),
+            ("Command", shlex.join(job.command) if job.command else "(the image's default)"),
+            ("Working dir", job.working_dir or "(the image's default)"),
+            ("Environment", "; ".join(env) or "-"),
+            ("Limits", ", ".join(limits)),
+            ("Priority", job.priority),
+            ("Exit code", "-" if job.exit_code is None else job.exit_code),
+            ("Attempts", f"{job.attempts} of {job.max_attempts}"),
+            ("Retry on", ", ".join(job.retry_on or []) or "-"),
+            ("Last error", job.last_error or "-"),
+            ("Created", when(job.created_at)),
+        ]
+        if job.created_by:
+            lines.append(("Created by", job.created_by.get_username()))
+        if job.scheduled_for:
+            lines.append(("Scheduled for", when(job.scheduled_for)))
+        lines += [
+            ("Queued", when(job.queued_at)),
+            ("Started", when(job.started_at)),
+            ("Finished", when(job.finished_at)),
+            ("Duration", duration),
+        ]
+        if job.peak_memory_bytes is not None:
+            lines.append(("Peak memory", f"{job.peak_memory_bytes / 2**20:.1f} MiB"))
+        if job.cpu_seconds is not None:
+            lines.append(("CPU time", f"{job.cpu_seconds:.2f} s"))
+        return lines
+
+    def handle_logs(self, options):
+        job = self.get_job(options["job_id"])
+        if options["follow"] and (options["only_stdout"] or options["only_stderr"]):
+            raise CommandError(
+                "--follow streams stdout and stderr together; leave out --stdout/--stderr"
+            )
+        if options["only_stdout"]:
+            streams = ["stdout"]
+        elif options["only_stderr"]:
+            streams = ["stderr"]
+        else:
+            streams = ["stdout", "stderr"]
+        if options["follow"]:
+            try:
+                self.follow(job)
+            except KeyboardInterrupt:
+                raise SystemExit(130) from None
+        else:
+            self.write_stored(job, streams)
+
+    def write_stored(self, job, streams=("stdout", "stderr")):
+        texts = [getattr(job, stream) for stream in streams if getattr(job, stream)]
+        for number, text in enumerate(texts, start=1):
+            self.stdout.write(text, ending="")
+            if number < len(texts) and not text.endswith("\n"):
+                self.stdout.write("\n", ending="")
+
+    def follow(self, job):
+        """Stream a running job's output until it ends; wait for one not running yet."""
+        if not job.is_terminal and job.status != JobStatus.RUNNING:
+            self.stderr.write(f"Waiting for job {job.pk} to start (it is {job.status})...")
+        while not job.is_terminal and job.status != JobStatus.RUNNING:
+            time.sleep(FOLLOW_POLL_SECONDS)
+            job.refresh_from_db()
+        if job.is_terminal or not job.host or not job.get_execution_identifier():
+            self.write_stored(job)
+            return
+        streamed = False
+        pending = b""
+        try:
+            executor = job.host.get_executor()
+            for chunk in executor.stream_logs(job.get_execution_identifier(), follow=True):
+                complete, pending = split_incomplete_utf8(pending + chunk)
+                if complete:
+                    streamed = True
+                    self.stdout.write(decode_output(complete), ending="")
+                    self.stdout.flush()
+        except ExecutorError as error:
+            if streamed:
+                raise CommandError(f"streaming the logs of job {job.pk} failed: {error}") from error
+            self.stderr.write(f"Cannot stream from the executor ({error}); waiting for the job.")
+        if pending:
+            streamed = True
+            self.stdout.write(decode_output(pending), ending="")
+        if not streamed:
+            # Nothing came from the executor (already cleaned up, or only another process
+            # can see it): the worker stores the output when the job ends.
+            job = api.wait_for_job(job, interval=FOLLOW_POLL_SECONDS)
+            self.write_stored(job)
+
+    def handle_cancel(self, options):
+        job = api.cancel_job(self.get_job(options["job_id"]))
+        if options["as_json"]:
+            self.write_json(job_to_dict(job))
+        elif job.status == JobStatus.CANCELLED:
+            self.stdout.write(f"Cancelled job {job.pk}.")
+        else:
+            self.stdout.write(
+                f"Cancel requested for job {job.pk} (it is {job.status}); "
+                "the worker running it stops it."
+            )
+
+    def handle_retry(self, options):
+        job = api.retry_job(self.get_job(options["job_id"]))
+        if options["as_json"]:
+            self.write_json(job_to_dict(job))
+        else:
+            self.stdout.write(
+                f"Queued job {job.pk} again (attempts so far: {job.attempts}, "
+                f"max attempts now: {job.max_attempts})."
+            )
+
+    def handle_hosts(self, options):
+        hosts = list(with_running_jobs(ExecutorHost.objects.all()))
+        unhealthy = []
+        if options["check"]:
+            for host in hosts:
+                try:
+                    healthy = host.check_health().healthy
+                except Exception as error:  # noqa: BLE001 - report it with the others
+                    host.health_status = ExecutorHost.Health.UNHEALTHY
+                    host.health_message = f"health check failed: {error!r}"
+                    healthy = False
+                if not healthy:
+                    unhealthy.append(host.name)
+        if options["as_json"]:
+            self.write_json([host_to_dict(host) for host in hosts])
+        elif not hosts:
+            self.stdout.write("No executor hosts.")
+        else:
+            rows = [
+                [
+                    host.name,
+                    host.executor_type,
+                    host.connection_string or "(default)",
+                    "yes" if host.is_active else "no",
+                    host.health_status,
+                    f"{host.running_jobs}/{host.max_concurrent_jobs}",
+                    when(host.last_health_check),
+                ]
+                for host in hosts
+            ]
+            headers = ["NAME", "TYPE", "CONNECTION", "ACTIVE", "HEALTH", "RUNNING", "CHECKED"]
+            for line in table(headers, rows):
+                self.stdout.write(line)
+            if options["check"]:
+                for host in hosts:
+                    self.stdout.write(f"{host.name}: {host.health_status}: {host.health_message}")
+        if unhealthy:
+            raise CommandError(f"unhealthy host(s): {', '.join(unhealthy)}")

@@ -1,0 +1,111 @@
+"""Jobs, attempts and hosts as plain data (for JSON), and validation errors as text.
+
+The management command, the admin and any future HTTP API use these, so a job looks the
+same everywhere. Environment variable values are never part of a representation (they may
+be secrets): only the template's name and the override names are.
+"""
+
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db.models import Count, Q
+
+from .states import ACTIVE
+
+
+def _time(value):
+    return value.isoformat() if value else None
+
+
+def attempt_to_dict(attempt) -> dict:
+    return {
+        "number": attempt.number,
+        "status": attempt.status,
+        "host": attempt.host.name if attempt.host else None,
+        "execution_id": attempt.execution_id,
+        "exit_code": attempt.exit_code,
+        "error": attempt.error,
+        "started_at": _time(attempt.started_at),
+        "finished_at": _time(attempt.finished_at),
+    }
+
+
+def job_to_dict(job, include_output: bool = False) -> dict:
+    """A job as JSON-ready data. ``include_output`` adds the stored stdout and stderr.
+
+    For many jobs, fetch them with ``select_related("host", "environment_template",
+    "created_by")`` and ``prefetch_related("attempt_set__host")``.
+    """
+    duration = job.duration
+    data = {
+        "id": str(job.pk),
+        "name": job.name,
+        "status": job.status,
+        "image": job.image,
+        "command": list(job.command or []),
+        "working_dir": job.working_dir,
+        "environment_template": (
+            job.environment_template.name if job.environment_template else None
+        ),
+        "environment_override_names": sorted(job.environment_overrides or {}),
+        "memory_limit_mb": job.memory_limit,
+        "cpu_limit": job.cpu_limit,
+        "timeout_seconds": job.timeout_seconds,
+        "host": job.host.name if job.host else None,
+        "priority": job.priority,
+        "scheduled_for": _time(job.scheduled_for),
+        "execution_id": job.get_execution_identifier(),
+        "exit_code": job.exit_code,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "retry_on": list(job.retry_on or []),
+        "last_error": job.last_error,
+        "peak_memory_bytes": job.peak_memory_bytes,
+        "cpu_seconds": job.cpu_seconds,
+        "cancel_requested_at": _time(job.cancel_requested_at),
+        "created_by": job.created_by.get_username() if job.created_by else None,
+        "created_at": _time(job.created_at),
+        "queued_at": _time(job.queued_at),
+        "started_at": _time(job.started_at),
+        "finished_at": _time(job.finished_at),
+        "duration_seconds": duration.total_seconds() if duration is not None else None,
+        "attempt_history": [attempt_to_dict(attempt) for attempt in job.attempt_set.all()],
+    }
+    if include_output:
+        data["stdout"] = job.stdout
+        data["stderr"] = job.stderr
+    return data
+
+
+def with_running_jobs(hosts):
+    """Annotate a host queryset with ``running_jobs``: its jobs a worker holds now."""
+    return hosts.annotate(running_jobs=Count("jobs", filter=Q(jobs__status__in=ACTIVE)))
+
+
+def host_to_dict(host) -> dict:
+    """A host as JSON-ready data; ``host`` should come from ``with_running_jobs``."""
+    running = getattr(host, "running_jobs", None)
+    if running is None:
+        running = host.jobs.filter(status__in=ACTIVE).count()
+    return {
+        "name": host.name,
+        "executor_type": host.executor_type,
+        "connection_string": host.connection_string,
+        "is_active": host.is_active,
+        "weight": host.weight,
+        "running_jobs": running,
+        "max_concurrent_jobs": host.max_concurrent_jobs,
+        "labels": host.labels,
+        "health_status": host.health_status,
+        "health_message": host.health_message,
+        "last_health_check": _time(host.last_health_check),
+    }
+
+
+def validation_error_lines(error: ValidationError) -> list[str]:
+    """Each problem in ``error`` as ``field: message`` (just the message when it has no field)."""
+    if not hasattr(error, "error_dict"):
+        return list(error.messages)
+    return [
+        message if field == NON_FIELD_ERRORS else f"{field}: {message}"
+        for field, messages in error.message_dict.items()
+        for message in messages
+    ]
