@@ -75,8 +75,14 @@ def cancel_job(job: ContainerJob) -> ContainerJob:
         # A worker claimed it meanwhile: look again.
 
 
-def retry_job(job: ContainerJob) -> ContainerJob:
-    """Queue a failed, timed-out or cancelled job again, with a fresh set of attempts."""
+def retry_job(job: ContainerJob, attempts: int = 1) -> ContainerJob:
+    """Queue a failed, timed-out or cancelled job again for ``attempts`` more attempts.
+
+    Earlier attempts stay in the job's history; the job's output and error are replaced
+    when the new attempt ends.
+    """
+    if attempts < 1:
+        raise ValidationError({"attempts": "must be at least 1"})
     if job.status not in TERMINAL - {JobStatus.COMPLETED}:
         raise ValidationError(
             {
@@ -87,7 +93,7 @@ def retry_job(job: ContainerJob) -> ContainerJob:
     with transaction.atomic():
         moved = job.transition(
             JobStatus.QUEUED,
-            max_attempts=job.attempts + job.max_attempts,
+            max_attempts=job.attempts + attempts,
             cancel_requested_at=None,
             worker=None,
             scheduled_for=None,

@@ -4,6 +4,7 @@ SQLite by default; set DATABASE_URL (sqlite:///path or postgres://user@host:port
 another database.
 """
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -89,6 +90,10 @@ DATABASES = {
         os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
     )
 }
+
+# container_manager settings (see the README); the example project also takes them as JSON
+# from the environment, which is how the tests tune the worker processes they start.
+CONTAINER_MANAGER = json.loads(os.environ.get("CONTAINER_MANAGER_SETTINGS") or "{}")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"

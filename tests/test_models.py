@@ -172,3 +172,18 @@ def test_capped_output_keeps_head_and_tail_and_says_so():
 
 def test_non_utf8_and_nul_are_stored_as_visible_escapes():
     assert decode_output(b"ok \xff\xfe \x00 end") == "ok \\xff\\xfe \\x00 end"
+
+
+def test_retry_grants_the_attempts_asked_for_not_a_growing_budget(mock_host):
+    job = create_job("img", host=mock_host, max_attempts=3)
+    job.attempts = 3
+    job.save()
+    for status in (JobStatus.LAUNCHING, JobStatus.RUNNING, JobStatus.FAILED):
+        job.transition(status)
+    retry_job(job)
+    assert job.max_attempts == 4
+    job.transition(JobStatus.LAUNCHING, attempts=4)
+    job.transition(JobStatus.RUNNING)
+    job.transition(JobStatus.FAILED)
+    retry_job(job, attempts=2)
+    assert job.max_attempts == 6
