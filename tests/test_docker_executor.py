@@ -1,0 +1,594 @@
+"""The Docker executor against a real engine (scripts/docker-engine.sh brings one up)."""
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import docker
+import docker.errors
+import docker.tls
+import pytest
+import requests
+from django.core.exceptions import ValidationError
+
+from container_manager.api import create_job
+from container_manager.executors import ExecutorError, ExecutorUnavailable, LaunchError
+from container_manager.executors.base import EXITED, NOT_FOUND, RUNNING
+from container_manager.executors.docker import DockerExecutor
+from container_manager.models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
+
+from .conftest import IN_CI, TEST_IMAGE
+
+pytestmark = [pytest.mark.docker, pytest.mark.django_db]
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def no_containers_left(db, docker_engine):
+    """Every test must clean up what it launched; whatever it left is removed, then reported.
+
+    Only this test's jobs are looked at, so tests running elsewhere on the same engine do not
+    disturb it.
+    """
+    yield
+    job_ids = {str(pk) for pk in ContainerJob.objects.values_list("pk", flat=True)}
+    left = [
+        container
+        for container in docker_engine.api.containers(
+            all=True, filters={"label": "container_manager.managed=true"}
+        )
+        if container["Labels"].get("container_manager.job_id") in job_ids
+        and container["State"] != "removing"  # auto_remove at work
+    ]
+    for container in left:
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_engine.api.remove_container(container["Id"], force=True)
+    assert not left, f"containers left behind: {[c['Names'] for c in left]}"
+
+
+def run(host, command, **fields):
+    """Launch a job on ``host``, wait for it, harvest it and clean up: (job, outcome)."""
+    job = create_job(TEST_IMAGE, command, host=host, **fields)
+    executor = host.get_executor()
+    execution_id = executor.launch(job)
+    try:
+        assert executor.wait(execution_id, 30)
+        return job, executor.harvest(execution_id)
+    finally:
+        executor.cleanup(execution_id)
+
+
+def unreachable_host(connection_string):
+    return ExecutorHost.objects.create(
+        name=f"down-{connection_string.rsplit('/', 1)[-1]}",
+        executor_type="docker",
+        connection_string=connection_string,
+    )
+
+
+def finished_at(attrs):
+    """The engine's FinishedAt (nanoseconds) as an aware datetime."""
+    stamp = attrs["State"]["FinishedAt"]
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(seconds).replace(
+        microsecond=int((fraction + "000000")[:6]), tzinfo=UTC
+    )
+
+
+# -- launching ---------------------------------------------------------------------------
+
+
+def test_launch_records_the_container_id_and_labels_the_container(docker_host, docker_engine):
+    job = create_job(TEST_IMAGE, ["true"], host=docker_host)
+    job.attempts = 2
+    executor = docker_host.get_executor()
+    execution_id = executor.launch(job)
+    try:
+        assert job.execution_id == execution_id
+        container = docker_engine.containers.get(execution_id)
+        assert container.id == execution_id  # the full id, not a prefix or a name
+        assert container.labels["container_manager.job_id"] == str(job.pk)
+        assert container.labels["container_manager.attempt"] == "2"
+        assert container.labels["container_manager.host"] == docker_host.name
+        assert container.labels["container_manager.managed"] == "true"
+        assert executor.wait(execution_id, 30)
+        assert executor.harvest(execution_id).exit_code == 0
+    finally:
+        executor.cleanup(execution_id)
+
+
+def test_stdout_and_stderr_come_from_the_engine_streams(docker_host):
+    _, outcome = run(docker_host, ["sh", "-c", "echo hi; echo oops >&2; exit 3"])
+    assert outcome.exit_code == 3
+    assert outcome.stdout == "hi\n"
+    assert outcome.stderr == "oops\n"
+    assert not outcome.oom_killed
+    assert outcome.error == ""
+
+
+def test_environment_from_template_and_overrides_reaches_the_container(docker_host):
+    template = EnvironmentVariableTemplate.objects.create(
+        name="base", environment_variables="A=from-template\nB=from-template\n"
+    )
+    _, outcome = run(
+        docker_host,
+        ["sh", "-c", 'echo "$A|$B|$C"'],
+        env_template=template,
+        env={"B": "override", "C": "x=y z"},
+    )
+    assert outcome.stdout == "from-template|override|x=y z\n"
+
+
+def test_working_dir_is_used(docker_host):
+    _, outcome = run(docker_host, ["sh", "-c", "pwd"], working_dir="/tmp")
+    assert outcome.stdout == "/tmp\n"
+
+
+def test_memory_and_cpu_limits_are_set_on_the_container(docker_host, docker_engine):
+    job = create_job(TEST_IMAGE, ["true"], host=docker_host, memory_limit=64, cpu_limit=0.5)
+    executor = docker_host.get_executor()
+    execution_id = executor.launch(job)
+    try:
+        host_config = docker_engine.api.inspect_container(execution_id)["HostConfig"]
+        assert host_config["Memory"] == 64 * MIB
+        assert host_config["MemorySwap"] == 64 * MIB  # no swap beyond the limit
+        assert host_config["NanoCpus"] == 500_000_000
+    finally:
+        executor.cleanup(execution_id)
+
+
+# /dev/shm is tmpfs: what is written there is charged to the container's memory.
+FILL_48_MB = ["dd", "if=/dev/zero", "of=/dev/shm/fill", "bs=1M", "count=48"]
+
+
+def test_oom_kill_is_detected_and_explained(docker_host):
+    _, outcome = run(docker_host, FILL_48_MB, memory_limit=8)
+    assert outcome.oom_killed
+    assert outcome.exit_code == 137
+    assert outcome.error == "container was killed for running out of memory (limit 8 MB)"
+
+
+def test_oom_kill_of_a_child_process_is_reported_even_when_the_container_succeeds(docker_host):
+    _, outcome = run(
+        docker_host, ["sh", "-c", f"{' '.join(FILL_48_MB)}; echo went on"], memory_limit=8
+    )
+    assert outcome.oom_killed
+    assert outcome.exit_code == 0
+    assert outcome.stdout == "went on\n"
+    assert outcome.error == (
+        "a process in the container was killed for running out of memory (limit 8 MB); "
+        "the container went on and exited with code 0"
+    )
+
+
+def test_peak_memory_and_cpu_time_are_recorded(docker_host):
+    amount = 40 * MIB
+    _, outcome = run(
+        docker_host,
+        ["sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=40 2>/dev/null; sleep 2"],
+    )
+    assert outcome.exit_code == 0
+    assert outcome.peak_memory_bytes is not None
+    assert 0.8 * amount <= outcome.peak_memory_bytes <= amount + 32 * MIB
+    assert outcome.cpu_seconds is not None
+    assert 0 < outcome.cpu_seconds < 2
+
+
+def test_non_utf8_and_nul_bytes_are_stored_safely(docker_host):
+    job, outcome = run(docker_host, ["sh", "-c", r"printf '\377\376 ok\n'; printf 'a\000b\n' >&2"])
+    assert outcome.exit_code == 0
+    assert outcome.stdout.endswith(" ok\n")
+    assert "\x00" not in outcome.stderr
+    assert outcome.stderr == "a\\x00b\n"
+    # It can be saved as it is (PostgreSQL text columns reject NUL).
+    ContainerJob.objects.filter(pk=job.pk).update(stdout=outcome.stdout, stderr=outcome.stderr)
+    job.refresh_from_db()
+    assert job.stderr == "a\\x00b\n"
+
+
+def test_huge_output_is_capped_keeping_head_and_tail(docker_host, settings):
+    settings.CONTAINER_MANAGER = {"MAX_OUTPUT_BYTES": 10000}
+    _, outcome = run(docker_host, ["sh", "-c", "yes line | head -c 5000000; echo the-end"])
+    assert outcome.exit_code == 0
+    assert len(outcome.stdout) < 10000 + 200
+    assert outcome.stdout.startswith("line\nline\n")
+    assert outcome.stdout.endswith("line\nthe-end\n")
+    assert "output truncated, 4990008 of 5000008 bytes omitted" in outcome.stdout
+
+
+def test_missing_image_with_pull_policy_never_fails_the_launch(docker_host, docker_engine):
+    job = create_job("local/no-such-image:1", ["true"], host=docker_host)
+    with pytest.raises(LaunchError) as raised:
+        docker_host.get_executor().launch(job)
+    assert str(raised.value) == (
+        "image 'local/no-such-image:1' is not present on host 'docker-local' "
+        "and pull_policy is 'never'"
+    )
+    assert job.execution_id == ""
+
+
+def test_missing_image_that_cannot_be_pulled_fails_the_launch(docker_host, docker_engine):
+    docker_host.executor_config = {"pull_policy": "if-missing"}
+    docker_host.save()
+    job = create_job("local/no-such-image:1", ["true"], host=docker_host)
+    with pytest.raises(LaunchError) as raised:
+        docker_host.get_executor().launch(job)
+    message = str(raised.value)
+    assert message.startswith(
+        "image 'local/no-such-image:1' is not present on host 'docker-local' "
+        "and pulling it failed: "
+    )
+    assert len(message) > len("... pulling it failed: ") + 40  # the engine's reason follows
+
+
+def test_a_command_that_cannot_start_fails_the_launch_and_leaves_nothing(
+    docker_host, docker_engine
+):
+    job = create_job(TEST_IMAGE, ["/no/such/program"], host=docker_host)
+    with pytest.raises(LaunchError) as raised:
+        docker_host.get_executor().launch(job)
+    assert "starting the container for 'local/busybox:latest' failed" in str(raised.value)
+    assert "/no/such/program" in str(raised.value)
+    # (the autouse fixture checks that the created container was removed)
+
+
+@pytest.mark.parametrize("connection_string", ["unix:///nonexistent.sock", "tcp://127.0.0.1:1"])
+def test_unreachable_engine(connection_string):
+    host = unreachable_host(connection_string)
+    job = create_job(TEST_IMAGE, ["true"], host=host)
+    executor = host.get_executor()
+    with pytest.raises(ExecutorUnavailable) as raised:
+        executor.launch(job)
+    message = str(raised.value)
+    assert message.startswith(
+        f"Docker engine '{host.name}' at {connection_string} is unreachable: "
+    )
+    reason = message.rsplit(": ", 1)[1]
+    assert reason in ("No such file or directory", "Connection refused")
+    with pytest.raises(ExecutorUnavailable):
+        executor.status("0123456789ab")
+    health = executor.health_check()
+    assert not health.healthy
+    assert health.message == message
+    assert not host.check_health().healthy
+    host.refresh_from_db()
+    assert host.health_status == ExecutorHost.Health.UNHEALTHY
+
+
+def test_health_check_reports_version_and_running_containers(docker_host, docker_engine):
+    health = docker_host.get_executor().health_check()
+    assert health.healthy
+    version = docker_engine.version()["Version"]
+    assert health.message.startswith(f"Docker {version} on {docker_host.connection_string}, ")
+    assert health.message.endswith(" running")
+
+
+# -- waiting, stopping, cleaning up --------------------------------------------------------
+
+
+def test_wait_times_out_on_a_running_container_then_stop_ends_it(docker_host):
+    job = create_job(TEST_IMAGE, ["sleep", "300"], host=docker_host)
+    executor = docker_host.get_executor()
+    execution_id = executor.launch(job)
+    try:
+        started = time.monotonic()
+        assert executor.wait(execution_id, 0.3) is False
+        assert 0.25 <= time.monotonic() - started < 2
+        assert executor.status(execution_id) == RUNNING
+
+        started = time.monotonic()
+        executor.stop(execution_id, grace_seconds=1)  # PID 1 ignores SIGTERM: killed at 1 s
+        assert executor.wait(execution_id, 10)
+        assert time.monotonic() - started < 4
+        assert executor.status(execution_id) == EXITED
+        outcome = executor.harvest(execution_id)
+        assert outcome.exit_code == 137
+        assert not outcome.oom_killed
+        executor.stop(execution_id, grace_seconds=1)  # stopping an ended container is fine
+    finally:
+        executor.cleanup(execution_id)
+
+
+def test_wait_returns_promptly_when_the_container_ends(docker_host, docker_engine):
+    job = create_job(TEST_IMAGE, ["sleep", "1"], host=docker_host)
+    executor = docker_host.get_executor()
+    execution_id = executor.launch(job)
+    try:
+        assert executor.wait(execution_id, 30)
+        returned = datetime.now(UTC)
+        ended = finished_at(docker_engine.api.inspect_container(execution_id))
+        assert (returned - ended).total_seconds() < 0.5
+        # A finished container: at once, whatever the timeout.
+        started = time.monotonic()
+        assert executor.wait(execution_id, 30)
+        assert time.monotonic() - started < 0.5
+    finally:
+        executor.cleanup(execution_id)
+
+
+def test_cleanup_removes_the_container_and_is_safe_twice(docker_host, docker_engine):
+    job = create_job(TEST_IMAGE, ["sleep", "300"], host=docker_host)
+    executor = docker_host.get_executor()
+    execution_id = executor.launch(job)
+    executor.cleanup(execution_id)  # even while it runs
+    executor.cleanup(execution_id)
+    assert executor.status(execution_id) == NOT_FOUND
+    assert not docker_engine.containers.list(all=True, filters={"id": execution_id})
+    assert executor.wait(execution_id, 5)  # nothing to wait for
+    executor.stop(execution_id, 1)  # nothing to stop
+    with pytest.raises(ExecutorError) as raised:
+        executor.harvest(execution_id)
+    assert str(raised.value) == (
+        f"container {execution_id} no longer exists on host {docker_host.name}"
+    )
+
+
+def test_stream_logs_yields_combined_output(docker_host):
+    job = create_job(TEST_IMAGE, ["sh", "-c", "echo one; echo two >&2"], host=docker_host)
+    executor = docker_host.get_executor()
+    execution_id = executor.launch(job)
+    try:
+        followed = b"".join(executor.stream_logs(execution_id, follow=True))
+        assert sorted(followed.splitlines()) == [b"one", b"two"]
+        assert b"".join(executor.stream_logs(execution_id)) == followed
+    finally:
+        executor.cleanup(execution_id)
+
+
+def test_a_new_executor_instance_can_take_over_a_running_container(docker_host):
+    job = create_job(TEST_IMAGE, ["sh", "-c", "sleep 0.5; echo done"], host=docker_host)
+    execution_id = docker_host.get_executor().launch(job)
+    other = docker_host.get_executor()  # as after a worker restart
+    try:
+        assert other.wait(execution_id, 30)
+        outcome = other.harvest(execution_id)
+        assert (outcome.exit_code, outcome.stdout) == (0, "done\n")
+    finally:
+        other.cleanup(execution_id)
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"pull_policy": "sometimes"},
+        {"auto_remove": "yes"},
+        {"network": 3},
+        {"timeout": 0},
+        {"timeout": True},
+        {"colour": "blue"},
+    ],
+)
+def test_bad_config_is_rejected_naming_the_key(config):
+    with pytest.raises(ValidationError) as raised:
+        DockerExecutor.validate_config(config)
+    assert repr(next(iter(config))) in str(raised.value)
+
+
+def test_good_config_is_accepted_and_used(docker_host, docker_engine):
+    config = {"pull_policy": "never", "auto_remove": False, "network": "none", "timeout": 5.5}
+    DockerExecutor.validate_config(config)
+    docker_host.executor_config = config
+    docker_host.full_clean()
+    docker_host.save()
+    job = create_job(TEST_IMAGE, ["true"], host=docker_host)
+    executor = docker_host.get_executor()
+    execution_id = executor.launch(job)
+    try:
+        attrs = docker_engine.api.inspect_container(execution_id)
+        assert attrs["HostConfig"]["NetworkMode"] == "none"
+        assert executor.api.timeout == 5.5
+    finally:
+        executor.cleanup(execution_id)
+
+
+def test_auto_remove_keeps_the_exit_code(docker_host):
+    docker_host.executor_config = {"pull_policy": "never", "auto_remove": True}
+    docker_host.save()
+    _, outcome = run(docker_host, ["sh", "-c", "exit 4"])
+    assert outcome.exit_code == 4
+
+
+def test_a_bad_config_makes_the_host_unavailable_with_a_reason(docker_host):
+    docker_host.executor_config = {"pull_policy": "sometimes"}
+    docker_host.save()
+    job = create_job(TEST_IMAGE, ["true"], host=docker_host)
+    with pytest.raises(ExecutorUnavailable, match="unusable executor_config.*'pull_policy'"):
+        docker_host.get_executor().launch(job)
+
+
+def test_a_blank_connection_string_means_the_environment_default(docker_host, monkeypatch):
+    # DOCKER_HOST, as docker.from_env reads it (conftest's engine URL honours it too).
+    monkeypatch.setenv("DOCKER_HOST", docker_host.connection_string)
+    host = ExecutorHost.objects.create(name="from-env", executor_type="docker")
+    health = host.get_executor().health_check()
+    assert health.healthy, health.message
+    assert f" on {docker_host.connection_string}, " in health.message
+
+
+def test_the_usage_sampler_stops_when_the_container_ends(docker_host):
+    job = create_job(TEST_IMAGE, ["sleep", "1.5"], host=docker_host)
+    executor = docker_host.get_executor()
+    execution_id = executor.launch(job)
+    sampler = executor._samplers[execution_id]
+    try:
+        assert sampler.thread.is_alive()
+        assert executor.wait(execution_id, 30)
+        sampler.thread.join(3)  # the engine samples once a second
+        assert not sampler.thread.is_alive()
+        assert executor.harvest(execution_id).peak_memory_bytes > 0
+    finally:
+        executor.cleanup(execution_id)
+
+
+# -- an engine behind TLS ------------------------------------------------------------------
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_certificates(directory):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it."""
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *key, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=container-manager test CA", cwd=directory)  # fmt: skip
+    for name, extensions in [
+        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ]:
+        (directory / f"{name}.ext").write_text(extensions)
+        openssl("req", *key, "-keyout", f"{name}-key.pem", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}", cwd=directory)  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",
+                "-out", f"{name}.pem", cwd=directory)  # fmt: skip
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tls_engine(docker_engine):
+    """A second engine on tcp://127.0.0.1:PORT that only talks TLS with a client certificate."""
+    if not (shutil.which("dockerd") and shutil.which("openssl") and os.geteuid() == 0):
+        message = "a TLS engine needs dockerd, openssl and root"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    # Short paths: containerd's sockets live under the exec root.
+    root = Path(tempfile.mkdtemp(prefix="cm-tls-", dir="/tmp"))
+    certs = root / "certs"
+    certs.mkdir()
+    make_certificates(certs)
+    url = f"tcp://127.0.0.1:{free_port()}"
+    log = (root / "dockerd.log").open("wb")
+    daemon = subprocess.Popen(
+        [
+            "dockerd",
+            "-H",
+            url,
+            "--tlsverify",
+            f"--tlscacert={certs / 'ca.pem'}",
+            f"--tlscert={certs / 'server.pem'}",
+            f"--tlskey={certs / 'server-key.pem'}",
+            f"--data-root={root / 'data'}",
+            f"--exec-root={root / 'exec'}",
+            f"--pidfile={root / 'dockerd.pid'}",
+            "--storage-driver=vfs",
+            "--iptables=false",
+            "--bridge=none",
+        ],  # fmt: skip
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    tls = docker.tls.TLSConfig(
+        client_cert=(str(certs / "client.pem"), str(certs / "client-key.pem")),
+        ca_cert=str(certs / "ca.pem"),
+        verify=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client = docker.APIClient(base_url=url, tls=tls, version="1.24", timeout=2)
+                client.trust_env = False
+                client.ping()
+                client.close()
+                break
+            except (docker.errors.DockerException, requests.RequestException) as error:
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"TLS engine did not start ({error}); see {root}/dockerd.log")
+                time.sleep(0.2)
+        yield {"url": url, "certs": certs}
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def tls_host(tls_engine, name="tls", **fields):
+    certs = tls_engine["certs"]
+    defaults = {
+        "tls_ca_cert": str(certs / "ca.pem"),
+        "tls_client_cert": str(certs / "client.pem"),
+        "tls_client_key": str(certs / "client-key.pem"),
+    }
+    return ExecutorHost.objects.create(
+        name=name,
+        executor_type="docker",
+        connection_string=tls_engine["url"],
+        **{**defaults, **fields},
+    )
+
+
+@pytest.fixture
+def ca_bundle_in_environment(monkeypatch):
+    """As on the machines this was built on: the system bundle, which lacks the engine's CA."""
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    if not os.path.exists(bundle):
+        import certifi
+
+        bundle = certifi.where()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    monkeypatch.setenv("CURL_CA_BUNDLE", bundle)
+    return bundle
+
+
+def test_tls_engine_with_the_configured_ca_despite_the_environment(
+    tls_engine, ca_bundle_in_environment
+):
+    executor = tls_host(tls_engine).get_executor()
+    health = executor.health_check()
+    assert health.healthy, health.message
+    assert health.message.startswith("Docker ")
+    assert f" on {tls_engine['url']}, 0 containers running" in health.message
+    assert executor.status("0123456789ab") == NOT_FOUND
+
+
+def test_tls_engine_with_the_wrong_ca_is_unhealthy(tls_engine, ca_bundle_in_environment):
+    host = tls_host(tls_engine, tls_ca_cert=ca_bundle_in_environment)
+    health = host.get_executor().health_check()
+    assert not health.healthy
+    assert health.message.startswith(f"Docker engine 'tls' at {tls_engine['url']} is unreachable")
+    assert "CERTIFICATE_VERIFY_FAILED" in health.message
+
+
+def test_tls_engine_without_a_client_certificate_is_unhealthy(tls_engine):
+    health = tls_host(tls_engine, tls_client_cert="", tls_client_key="").get_executor()
+    health = health.health_check()
+    assert not health.healthy
+    assert health.message.startswith(f"Docker engine 'tls' at {tls_engine['url']} is unreachable")
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_tls_verify_off_skips_checking_the_server(tls_engine, ca_bundle_in_environment):
+    host = tls_host(tls_engine, tls_ca_cert="", tls_verify=False)
+    health = host.get_executor().health_check()
+    assert health.healthy, health.message
+
+
+def test_half_a_client_certificate_is_a_clear_error(tls_engine):
+    health = tls_host(tls_engine, tls_client_key="").get_executor().health_check()
+    assert not health.healthy
+    assert health.message == (
+        "Docker host 'tls' has unusable TLS settings: "
+        "a client certificate needs both tls_client_cert and tls_client_key"
+    )
