@@ -126,12 +126,15 @@ def release_jobs(worker: Worker) -> int:
 
 
 def has_pending_work(host_ids=None) -> bool:
-    """Whether a job is ready to claim, waiting for its retry, or orphaned."""
+    """Whether a job is ready to claim, waiting for its retry, or running anywhere.
+
+    Jobs other workers run count too: should their worker die, they need adopting.
+    """
     jobs = ready_jobs(host_ids).filter(Q(host__isnull=True) | Q(host__is_active=True))
-    retries = ContainerJob.objects.filter(status=JobStatus.RETRYING)
+    unfinished = ContainerJob.objects.filter(status__in=[JobStatus.RETRYING, *ACTIVE])
     if host_ids is not None:
-        retries = retries.filter(host__in=host_ids)
-    return jobs.exists() or retries.exists() or orphaned_jobs(host_ids).exists()
+        unfinished = unfinished.filter(host__in=host_ids)
+    return jobs.exists() or unfinished.exists()
 
 
 def active_hosts(names=None):

@@ -592,3 +592,33 @@ def test_half_a_client_certificate_is_a_clear_error(tls_engine):
         "Docker host 'tls' has unusable TLS settings: "
         "a client certificate needs both tls_client_cert and tls_client_key"
     )
+
+
+def test_find_execution_finds_the_attempts_container_by_label(docker_host):
+    job = create_job(TEST_IMAGE, ["sleep", "30"], host=docker_host)
+    job.attempts = 1
+    executor = docker_host.get_executor()
+    assert executor.find_execution(job) is None
+    execution_id = executor.launch(job)
+    assert executor.find_execution(job) == execution_id
+    job.attempts = 2
+    assert executor.find_execution(job) is None
+    executor.stop(execution_id, 0)
+    executor.cleanup(execution_id)
+
+
+def test_find_execution_removes_a_container_that_never_started(docker_host, docker_engine):
+    job = create_job(TEST_IMAGE, ["true"], host=docker_host)
+    docker_engine.containers.create(
+        TEST_IMAGE,
+        ["true"],
+        labels={
+            "container_manager.job_id": str(job.pk),
+            "container_manager.attempt": "0",
+            "container_manager.managed": "true",
+        },
+    )
+    assert docker_host.get_executor().find_execution(job) is None
+    assert not docker_engine.containers.list(
+        all=True, filters={"label": f"container_manager.job_id={job.pk}"}
+    )

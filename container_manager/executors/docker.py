@@ -373,6 +373,25 @@ class DockerExecutor(BaseExecutor):
         self._start_sampler(container.id)
         return container.id
 
+    def find_execution(self, job):
+        """The container started for the job's current attempt, found by its labels.
+
+        One that was created but never started is removed instead: the job can then be
+        queued again as if nothing had happened.
+        """
+        filters = {
+            "label": [f"{LABEL_PREFIX}job_id={job.pk}", f"{LABEL_PREFIX}attempt={job.attempts}"]
+        }
+        try:
+            found = self.api.containers(all=True, filters=filters)
+            for container in found:
+                if container["State"] == "created":
+                    self.api.remove_container(container["Id"], force=True)
+        except ENGINE_ERRORS as error:
+            raise self._error(error, f"looking up the container of job {job.pk}") from error
+        started = [c["Id"] for c in found if c["State"] != "created"]
+        return started[0] if started else None
+
     def _ensure_image(self, image):
         policy = self.config.get("pull_policy", DEFAULT_PULL_POLICY)
         if policy != "always":
