@@ -58,7 +58,8 @@ def main():
         create_job(IMAGE, ["sleep", "60"], host=host, name="timeout-after-2s", timeout_seconds=2),
         create_job(
             IMAGE,
-            ["sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 2>&1; echo survived"],
+            # dd as the container's main process: the kernel kills it at 16 MB.
+            ["dd", "if=/dev/zero", "of=/dev/shm/fill", "bs=1M", "count=64"],
             host=host,
             name="out-of-memory",
             memory_limit=16,
@@ -72,6 +73,9 @@ def main():
         job.refresh_from_db()
         print(f"== {job.name}: {job.status.upper()}  exit code {job.exit_code}")
         print(f"   Execution ID: {job.execution_id or '-'}")
+        if job.peak_memory_bytes is not None:
+            cpu = f"{job.cpu_seconds:.2f} s" if job.cpu_seconds is not None else "-"
+            print(f"   peak memory {job.peak_memory_bytes / 2**20:.1f} MB, CPU {cpu}")
         for label, text in (
             ("stdout", job.stdout),
             ("stderr", job.stderr),

@@ -622,3 +622,21 @@ def test_find_execution_removes_a_container_that_never_started(docker_host, dock
     assert not docker_engine.containers.list(
         all=True, filters={"label": f"container_manager.job_id={job.pk}"}
     )
+
+
+def test_sigkill_under_a_memory_limit_is_explained_unless_we_stopped_it(docker_host, docker_engine):
+    executor = docker_host.get_executor()
+    killed = create_job(TEST_IMAGE, ["sleep", "30"], host=docker_host, memory_limit=64)
+    killed_id = executor.launch(killed)
+    docker_engine.containers.get(killed_id).kill()  # SIGKILL from outside, as the OOM killer
+    assert executor.wait(killed_id, 10)
+    assert "most likely it ran out of memory" in executor.harvest(killed_id).error
+    executor.cleanup(killed_id)
+
+    stopped = create_job(TEST_IMAGE, ["sleep", "30"], host=docker_host, memory_limit=64)
+    stopped_id = executor.launch(stopped)
+    executor.stop(stopped_id, 0)
+    assert executor.wait(stopped_id, 10)
+    outcome = executor.harvest(stopped_id)
+    assert (outcome.exit_code, outcome.error) == (137, "")
+    executor.cleanup(stopped_id)

@@ -66,6 +66,8 @@ PULL_POLICIES = ("never", "if-missing", "always")
 DEFAULT_PULL_POLICY = "if-missing"
 DEFAULT_TIMEOUT = 60
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+# A container killed by SIGKILL (the OOM killer's signal) exits with 128 + 9.
+SIGKILL_EXIT_CODE = 137
 MIB = 1024 * 1024
 
 LABEL_PREFIX = "container_manager."
@@ -222,6 +224,8 @@ class DockerExecutor(BaseExecutor):
         self._client_lock = threading.Lock()
         self._samplers: dict[str, _UsageSampler] = {}
         self._exit_codes: dict[str, int] = {}
+        # Executions this executor stopped itself: a SIGKILL there is ours, not the kernel's.
+        self._stopped: set[str] = set()
         self._state_lock = threading.Lock()
 
     # -- configuration ----------------------------------------------------------------
@@ -508,6 +512,7 @@ class DockerExecutor(BaseExecutor):
             exit_code = state.get("ExitCode")
         # The engine flags any OOM kill in the container, not only of its main process.
         oom_killed = bool(state.get("OOMKilled"))
+
         if oom_killed:
             limit = (attrs.get("HostConfig") or {}).get("Memory") or 0
             limit_text = f"limit {limit // MIB} MB" if limit else "no limit was set"
@@ -518,6 +523,18 @@ class DockerExecutor(BaseExecutor):
                 )
             else:
                 errors.append(f"container was killed for running out of memory ({limit_text})")
+        elif (
+            exit_code == SIGKILL_EXIT_CODE
+            and attrs["HostConfig"].get("Memory")
+            and execution_id not in self._stopped
+        ):
+            # Several containers OOM-killed at once, the engine sometimes misses the event
+            # and leaves OOMKilled false: say what is most likely, without claiming it.
+            limit = attrs["HostConfig"]["Memory"] // MIB
+            errors.append(
+                f"container was killed (SIGKILL, exit code 137) with a memory limit of "
+                f"{limit} MB: most likely it ran out of memory"
+            )
         if state.get("Error"):
             errors.append(f"Docker reported: {state['Error']}")
         try:
@@ -606,6 +623,7 @@ class DockerExecutor(BaseExecutor):
     def stop(self, execution_id, grace_seconds):
         # The engine takes whole seconds: SIGTERM, then SIGKILL after the grace period.
         grace = max(0, math.ceil(grace_seconds))
+        self._stopped.add(execution_id)
         try:
             self.api.stop(execution_id, timeout=grace)
         except docker.errors.NotFound:
@@ -617,6 +635,7 @@ class DockerExecutor(BaseExecutor):
         with self._state_lock:
             sampler = self._samplers.pop(execution_id, None)
             self._exit_codes.pop(execution_id, None)
+            self._stopped.discard(execution_id)
         if sampler is not None:
             sampler.stop()
         try:
