@@ -14,7 +14,6 @@ import docker
 import docker.errors
 import docker.tls
 import pytest
-import requests
 from django.core.exceptions import ValidationError
 
 from container_manager.api import create_job
@@ -23,7 +22,8 @@ from container_manager.executors.base import EXITED, NOT_FOUND, RUNNING
 from container_manager.executors.docker import DockerExecutor
 from container_manager.models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
 
-from .conftest import IN_CI, TEST_IMAGE
+from .conftest import TEST_IMAGE
+from .engines import PrivateEngine, require_dockerd
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db]
 
@@ -463,65 +463,32 @@ def free_port():
 @pytest.fixture(scope="module")
 def tls_engine(docker_engine):
     """A second engine on tcp://127.0.0.1:PORT that only talks TLS with a client certificate."""
-    if not (shutil.which("dockerd") and shutil.which("openssl") and os.geteuid() == 0):
-        message = "a TLS engine needs dockerd, openssl and root"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    # Short paths: containerd's sockets live under the exec root.
-    root = Path(tempfile.mkdtemp(prefix="cm-tls-", dir="/tmp"))
-    certs = root / "certs"
-    certs.mkdir()
+    require_dockerd()
+    if not shutil.which("openssl"):
+        pytest.fail("a TLS engine needs openssl")
+    certs = Path(tempfile.mkdtemp(prefix="cm-certs-", dir="/tmp"))
     make_certificates(certs)
-    url = f"tcp://127.0.0.1:{free_port()}"
-    log = (root / "dockerd.log").open("wb")
-    daemon = subprocess.Popen(
-        [
-            "dockerd",
-            "-H",
-            url,
-            "--tlsverify",
-            f"--tlscacert={certs / 'ca.pem'}",
-            f"--tlscert={certs / 'server.pem'}",
-            f"--tlskey={certs / 'server-key.pem'}",
-            f"--data-root={root / 'data'}",
-            f"--exec-root={root / 'exec'}",
-            f"--pidfile={root / 'dockerd.pid'}",
-            "--storage-driver=vfs",
-            "--iptables=false",
-            "--bridge=none",
-        ],  # fmt: skip
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     tls = docker.tls.TLSConfig(
         client_cert=(str(certs / "client.pem"), str(certs / "client-key.pem")),
         ca_cert=str(certs / "ca.pem"),
         verify=True,
     )
+    engine = PrivateEngine(
+        url=f"tcp://127.0.0.1:{free_port()}",
+        extra_args=[
+            "--tlsverify",
+            f"--tlscacert={certs / 'ca.pem'}",
+            f"--tlscert={certs / 'server.pem'}",
+            f"--tlskey={certs / 'server-key.pem'}",
+        ],
+        tls=tls,
+    )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client = docker.APIClient(base_url=url, tls=tls, version="1.24", timeout=2)
-                client.trust_env = False
-                client.ping()
-                client.close()
-                break
-            except (docker.errors.DockerException, requests.RequestException) as error:
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"TLS engine did not start ({error}); see {root}/dockerd.log")
-                time.sleep(0.2)
-        yield {"url": url, "certs": certs}
+        engine.start()
+        yield {"url": engine.url, "certs": certs}
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
+        engine.destroy()
+        shutil.rmtree(certs, ignore_errors=True)
 
 
 def tls_host(tls_engine, name="tls", **fields):

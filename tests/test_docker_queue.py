@@ -14,6 +14,7 @@ from container_manager.api import create_job
 from container_manager.models import ContainerJob, ExecutorHost
 
 from .conftest import TEST_IMAGE
+from .engines import PrivateEngine, require_dockerd
 from .test_queue_processes import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
@@ -167,3 +168,54 @@ def test_the_issue_example_end_to_end(docker_host, docker_engine):
     shown = io.StringIO()
     call_command("manage_container_job", "show", str(job.pk), stdout=shown)
     assert f"Execution ID: {job.execution_id}" in shown.getvalue()
+
+
+@pytest.fixture
+def stoppable_engine(docker_engine):
+    require_dockerd()
+    engine = PrivateEngine(extra_args=["--shutdown-timeout=1"])
+    try:
+        engine.start()
+        engine.load_test_image(docker_engine)
+        yield engine
+    finally:
+        engine.destroy()
+
+
+def test_engine_stopped_mid_job_then_back_the_job_retries_and_the_worker_survives(
+    stoppable_engine, worker_processes
+):
+    host = ExecutorHost.objects.create(
+        name="flaky-engine",
+        executor_type="docker",
+        connection_string=stoppable_engine.url,
+        executor_config={"pull_policy": "never"},
+    )
+    job = create_job(TEST_IMAGE, ["sh", "-c", "sleep 2; echo done"], host=host, max_attempts=6)
+    worker = worker_processes.start(
+        "--poll-interval",
+        "0.1",
+        "--host",
+        host.name,
+        env={"CONTAINER_MANAGER_SETTINGS": json.dumps({"RETRY_BACKOFF_BASE": 1.0})},
+    )
+    assert wait_until(lambda: ContainerJob.objects.get(pk=job.pk).status == "running", 30), (
+        worker_processes.logs()
+    )
+    stoppable_engine.stop()
+    assert wait_until(lambda: job.attempt_set.filter(status="failed").exists(), 20), (
+        worker_processes.logs()
+    )
+    first = job.attempt_set.get(number=1)
+    assert "unreachable" in first.error and stoppable_engine.url in first.error
+    time.sleep(2)  # a retry or two fails to launch while the engine is down
+    stoppable_engine.start()
+    assert wait_until(lambda: ContainerJob.objects.get(pk=job.pk).status == "completed", 60), (
+        worker_processes.logs()
+    )
+    job.refresh_from_db()
+    assert job.stdout == "done\n"
+    assert job.attempts >= 2
+    later = create_job(TEST_IMAGE, ["echo", "after"], host=host)
+    assert wait_until(lambda: ContainerJob.objects.get(pk=later.pk).status == "completed", 30)
+    assert worker.poll() is None, "the worker died"

@@ -1,0 +1,88 @@
+"""Private Docker engines for tests that need one of their own: behind TLS, or one a test
+may stop and start again. Each has its own data root, exec root, pid file and socket."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from .conftest import IN_CI, TEST_IMAGE
+
+
+def require_dockerd():
+    if not (shutil.which("dockerd") and os.geteuid() == 0):
+        message = "a private Docker engine needs dockerd and root"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+class PrivateEngine:
+    def __init__(self, *, url=None, extra_args=(), tls=None):
+        # Short paths: containerd's sockets live under the exec root.
+        self.root = Path(tempfile.mkdtemp(prefix="cm-engine-", dir="/tmp"))
+        self.url = url or f"unix://{self.root / 'docker.sock'}"
+        self.extra_args = list(extra_args)
+        self.tls = tls
+        self.daemon = None
+
+    def start(self, timeout=30):
+        log = (self.root / "dockerd.log").open("ab")
+        self.daemon = subprocess.Popen(
+            [
+                "dockerd",
+                "-H",
+                self.url,
+                f"--data-root={self.root / 'data'}",
+                f"--exec-root={self.root / 'exec'}",
+                f"--pidfile={self.root / 'dockerd.pid'}",
+                "--storage-driver=vfs",
+                "--iptables=false",
+                "--bridge=none",
+                *self.extra_args,
+            ],  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client = docker.APIClient(
+                    base_url=self.url, tls=self.tls, version="1.24", timeout=2
+                )
+                client.trust_env = False
+                client.ping()
+                client.close()
+                return
+            except (docker.errors.DockerException, requests.RequestException) as error:
+                if self.daemon.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(
+                        f"private engine did not start ({error}); see {self.root}/dockerd.log"
+                    )
+                time.sleep(0.2)
+
+    def stop(self):
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.terminate()
+            try:
+                self.daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+
+    def load_test_image(self, source: docker.DockerClient):
+        """Copy the test image from ``source``: there is no registry to pull it from."""
+        client = docker.DockerClient(base_url=self.url, tls=self.tls, timeout=30)
+        client.images.load(b"".join(source.images.get(TEST_IMAGE).save(named=True)))
+        client.close()
+
+    def destroy(self):
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
