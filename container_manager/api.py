@@ -96,7 +96,7 @@ def retry_job(job: ContainerJob, attempts: int = 1) -> ContainerJob:
             max_attempts=job.attempts + attempts,
             cancel_requested_at=None,
             worker=None,
-            scheduled_for=None,
+            scheduled_for=timezone.now(),
         )
     if not moved:
         raise ValidationError({"status": f"job changed meanwhile; it is now {job.status}"})

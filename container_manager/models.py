@@ -242,9 +242,13 @@ class ContainerJob(models.Model):
     host = models.ForeignKey(
         ExecutorHost, null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
     )
-    priority = models.IntegerField(default=0, help_text="Higher runs first.")
+    priority = models.IntegerField(
+        default=0,
+        validators=[MinValueValidator(-1_000_000), MaxValueValidator(1_000_000)],
+        help_text="Higher runs first.",
+    )
     scheduled_for = models.DateTimeField(
-        null=True, blank=True, help_text="Not started before this time."
+        default=timezone.now, help_text="Not started before this time."
     )
     max_attempts = models.PositiveIntegerField(
         default=default_max_attempts, validators=[MinValueValidator(1), MaxValueValidator(100)]
@@ -284,12 +288,15 @@ class ContainerJob(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [
-            # Claiming: the ready jobs, best first.
+            # Claiming reads queued jobs best first; a partial index stays small however
+            # many finished jobs the table keeps.
             models.Index(
-                fields=["status", "-priority", "scheduled_for", "created_at"],
-                name="cm_job_claim_idx",
+                fields=["-priority", "scheduled_for", "created_at"],
+                condition=models.Q(status="queued"),
+                name="cm_job_ready_idx",
             ),
-            models.Index(fields=["host", "status"], name="cm_job_host_status_idx"),
+            # Host loads, orphan and retry lookups: the few jobs in a given status.
+            models.Index(fields=["status", "host"], name="cm_job_status_host_idx"),
         ]
 
     def __str__(self):

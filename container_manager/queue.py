@@ -14,7 +14,7 @@ No executor is ever called inside a claim transaction.
 from datetime import timedelta
 
 from django.db import connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from .conf import setting
@@ -26,12 +26,10 @@ from .states import ACTIVE, JobStatus
 def ready_jobs(host_ids=None):
     """Queued jobs whose time has come, best first."""
     now = timezone.now()
-    jobs = ContainerJob.objects.filter(status=JobStatus.QUEUED).filter(
-        Q(scheduled_for__isnull=True) | Q(scheduled_for__lte=now)
-    )
+    jobs = ContainerJob.objects.filter(status=JobStatus.QUEUED, scheduled_for__lte=now)
     if host_ids is not None:
         jobs = jobs.filter(host__in=host_ids)
-    return jobs.order_by("-priority", F("scheduled_for").asc(nulls_first=True), "created_at")
+    return jobs.order_by("-priority", "scheduled_for", "created_at")
 
 
 def host_loads(host_ids) -> dict[int, int]:

@@ -142,6 +142,8 @@ def test_add_a_job_routes_it_to_a_host(admin_client, admin_user, objects):
             "environment_overrides": "{}",
             "timeout_seconds": "60",
             "priority": "0",
+            "scheduled_for_0": "2026-01-01",  # the form shows "now"; a past time runs at once
+            "scheduled_for_1": "00:00:00",
             "max_attempts": "1",
             "attempt_set-TOTAL_FORMS": "0",
             "attempt_set-INITIAL_FORMS": "0",
@@ -166,6 +168,8 @@ def test_cleared_json_boxes_mean_empty(admin_client, objects):
             "retry_on": "",
             "timeout_seconds": "60",
             "priority": "0",
+            "scheduled_for_0": "2026-01-01",  # the form shows "now"; a past time runs at once
+            "scheduled_for_1": "00:00:00",
             "max_attempts": "1",
             "attempt_set-TOTAL_FORMS": "0",
             "attempt_set-INITIAL_FORMS": "0",
@@ -194,6 +198,8 @@ def test_add_a_job_with_bad_input_shows_the_errors(admin_client, objects):
             "environment_overrides": "{}",
             "timeout_seconds": "0",
             "priority": "0",
+            "scheduled_for_0": "2026-01-01",  # the form shows "now"; a past time runs at once
+            "scheduled_for_1": "00:00:00",
             "max_attempts": "1",
             "attempt_set-TOTAL_FORMS": "0",
             "attempt_set-INITIAL_FORMS": "0",
@@ -210,6 +216,8 @@ def test_editing_a_queued_job_writes_only_the_edited_fields(admin_client, object
     form = admin_client.get(change).context["adminform"].form
     data = {name: form[name].value() for name in form.fields}
     data = {name: "" if value is None else value for name, value in data.items()}
+    scheduled = data.pop("scheduled_for")  # the admin shows it as a date and a time box
+    data["scheduled_for_0"], data["scheduled_for_1"] = scheduled.date(), scheduled.time()
     data.update(
         {
             "name": "renamed",
