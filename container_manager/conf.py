@@ -19,6 +19,9 @@ DEFAULTS = {
     # Worker defaults; the command line overrides them. Fractions of a second are fine.
     "POLL_INTERVAL": 1.0,
     "MAX_CONCURRENT_JOBS": 4,
+    # PostgreSQL: wake workers with LISTEN/NOTIFY the moment a job is queued. Turn off where
+    # LISTEN cannot work (e.g. behind a transaction-pooling PgBouncer); polling remains.
+    "LISTEN_NOTIFY": True,
     # How often a running job looks for a cancel request made by another process.
     "CANCEL_CHECK_INTERVAL": 1.0,
     # After a stop request, how long a container gets before it is killed.

@@ -60,7 +60,8 @@ class Worker:
             self.poll_interval,
             f", hosts {', '.join(self.host_names)}" if self.host_names else "",
         )
-        listener = Listener(self.wake) if Listener.available() else None
+        listen = setting("LISTEN_NOTIFY") and Listener.available()
+        listener = Listener(self.wake) if listen else None
         if listener:
             listener.start()
         pool = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="cm-job")

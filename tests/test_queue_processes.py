@@ -81,3 +81,14 @@ def test_sigterm_stops_a_worker_cleanly(worker_processes):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0, worker_processes.logs()
     assert "stopped after" in worker_processes.logs()
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_without_listen_notify_a_job_waits_for_the_poll(worker_processes):
+    host = ExecutorHost.objects.create(name="mock", executor_type="mock")
+    worker_processes.start(
+        "--poll-interval", "60", env={"CONTAINER_MANAGER_SETTINGS": '{"LISTEN_NOTIFY": false}'}
+    )
+    time.sleep(2)
+    job = create_job("img", host=host)
+    assert not wait_until(lambda: ContainerJob.objects.get(pk=job.pk).status != "queued", 3)
