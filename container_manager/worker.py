@@ -17,13 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
-from . import queue
+from . import janitor, queue
 from .conf import setting
 from .models import Worker as WorkerRecord
 from .notify import Listener
 from .runner import Runner
 
 logger = logging.getLogger(__name__)
+
+# Seconds between sweeps for what finished attempts could not remove (see janitor).
+SWEEP_INTERVAL = 60.0
 
 
 class Worker:
@@ -48,6 +51,7 @@ class Worker:
         self.record = None
         self.jobs_finished = 0
         self.stop_deadline = None
+        self.sweeper = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -71,6 +75,8 @@ class Worker:
         finally:
             self.release.set()
             pool.shutdown(wait=True)
+            if self.sweeper is not None:
+                self.sweeper.join(timeout=30)
             if listener:
                 listener.stop()
             self._sign_off()
@@ -94,7 +100,7 @@ class Worker:
     # -- the loop --------------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_heartbeat = 0.0
+        next_heartbeat = next_sweep = 0.0
         while True:
             self._reap()
             if self.stopping.is_set():
@@ -108,6 +114,9 @@ class Worker:
                 if time.monotonic() >= next_heartbeat:
                     self._heartbeat()
                     next_heartbeat = time.monotonic() + setting("HEARTBEAT_INTERVAL")
+                if time.monotonic() >= next_sweep:
+                    self._sweep()
+                    next_sweep = time.monotonic() + SWEEP_INTERVAL
                 if not self.stopping.is_set():
                     started = self._take_work()
                     idle = not self.running and not started
@@ -162,6 +171,19 @@ class Worker:
             self.jobs_finished += 1
             if future.exception() is not None:
                 logger.error("job %s: runner crashed", job.pk, exc_info=future.exception())
+
+    def _sweep(self) -> None:
+        """Sweep leftovers in a thread of its own: an unreachable host may take a while."""
+        if self.sweeper is not None and self.sweeper.is_alive():
+            return
+        hosts = list(queue.active_hosts(self.host_names))
+        self.sweeper = threading.Thread(
+            target=self._in_thread,
+            args=(lambda: janitor.sweep_leftovers(hosts),),
+            name="cm-sweeper",
+            daemon=True,
+        )
+        self.sweeper.start()
 
     def _heartbeat(self) -> None:
         WorkerRecord.objects.filter(pk=self.record.pk).update(last_heartbeat=timezone.now())

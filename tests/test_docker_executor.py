@@ -607,3 +607,27 @@ def test_sigkill_under_a_memory_limit_is_explained_unless_we_stopped_it(docker_h
     outcome = executor.harvest(stopped_id)
     assert (outcome.exit_code, outcome.error) == (137, "")
     executor.cleanup(stopped_id)
+
+
+def test_sweep_removes_leftovers_of_finished_jobs_and_keeps_running_ones(
+    docker_host, docker_engine
+):
+    from container_manager import janitor
+
+    executor = docker_host.get_executor()
+    finished = create_job(TEST_IMAGE, ["true"], host=docker_host)
+    finished_id = executor.launch(finished)
+    ContainerJob.objects.filter(pk=finished.pk).update(status="failed")
+    running = create_job(TEST_IMAGE, ["sleep", "30"], host=docker_host)
+    running_id = executor.launch(running)
+    ContainerJob.objects.filter(pk=running.pk).update(status="running", execution_id=running_id)
+    stranger = create_job(TEST_IMAGE, ["true"], host=docker_host)
+    stranger_id = executor.launch(stranger)
+    ContainerJob.objects.filter(pk=stranger.pk).delete()  # as if of another deployment
+    assert set(executor.list_executions()) == {finished_id, running_id, stranger_id}
+
+    assert janitor.sweep_leftovers([docker_host]) == 1
+    assert set(executor.list_executions()) == {running_id, stranger_id}
+    executor.stop(running_id, 0)
+    executor.cleanup(running_id)
+    executor.cleanup(stranger_id)

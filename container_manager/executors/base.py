@@ -120,6 +120,14 @@ class BaseExecutor:
         """
         return None
 
+    def list_executions(self) -> dict[str, str]:
+        """Everything this host holds that was started for a job: {execution_id: job id}.
+
+        Lets a worker remove what an attempt left behind when its cleanup could not run
+        (the backend was unreachable at the time). Backends that cannot list return {}.
+        """
+        return {}
+
     def cleanup(self, execution_id: str) -> None:
         """Remove whatever the execution left behind. Safe to call twice."""
 

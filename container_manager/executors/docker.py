@@ -396,6 +396,14 @@ class DockerExecutor(BaseExecutor):
         started = [c["Id"] for c in found if c["State"] != "created"]
         return started[0] if started else None
 
+    def list_executions(self):
+        filters = {"label": [f"{MANAGED_LABEL}=true", f"{LABEL_PREFIX}host={self.host.name}"]}
+        try:
+            found = self.api.containers(all=True, filters=filters)
+        except ENGINE_ERRORS as error:
+            raise self._error(error, "listing containers") from error
+        return {c["Id"]: c["Labels"].get(f"{LABEL_PREFIX}job_id", "") for c in found}
+
     def _ensure_image(self, image):
         policy = self.config.get("pull_policy", DEFAULT_PULL_POLICY)
         if policy != "always":
