@@ -341,7 +341,7 @@ class ContainerJob(models.Model):
 
     def clean(self):
         errors = {}
-        if not self.image or not self.image.strip():
+        if self.image and not self.image.strip():
             errors["image"] = "is required (e.g. alpine:3.20)"
         elif any(c.isspace() for c in self.image):
             errors["image"] = f"{self.image!r} contains whitespace"

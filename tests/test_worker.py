@@ -276,3 +276,31 @@ def test_shutdown_releases_running_jobs_for_another_worker(db, settings):
     job.refresh_from_db()
     assert job.status == "completed"
     assert job.attempt_set.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--poll-interval", "-1"], "--poll-interval: must be a positive number of seconds"),
+        (["--poll-interval", "nan"], "--poll-interval: must be a positive number of seconds"),
+        (["--max-concurrent", "0"], "--max-concurrent: must be a positive whole number"),
+    ],
+)
+def test_bad_worker_options_are_named(args, message):
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match=message):
+        call_command("process_container_jobs", *args)
+
+
+def test_unknown_worker_host_is_named(db):
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match="--host: no executor host named 'nope'"):
+        call_command("process_container_jobs", "--host", "nope")
+
+
+def test_fractional_poll_interval_is_accepted(mock_host):
+    create_job("img", host=mock_host)
+    call_command("process_container_jobs", "--until-idle", "--poll-interval", "0.01")
+    assert ContainerJob.objects.get().status == "completed"

@@ -1,21 +1,26 @@
+import argparse
+
 from django.core.management.base import BaseCommand, CommandError
 
 from container_manager.models import ExecutorHost
 from container_manager.worker import Worker
 
 
-def positive_float(text):
-    value = float(text)
-    if value <= 0:
-        raise ValueError(text)
-    return value
+def positive(kind, what):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a positive {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise ValueError(text)
-    return value
+positive_float = positive(float, "number of seconds")
+positive_int = positive(int, "whole number")
 
 
 class Command(BaseCommand):
