@@ -27,8 +27,12 @@ MANAGED = {"label": "container_manager.managed=true"}
 
 @pytest.fixture(autouse=True)
 def no_container_left(docker_engine):
+    """Whatever the tests' host left is removed, then reported (other users of the engine,
+    such as a developer's own jobs, are not looked at)."""
     yield
-    left = docker_engine.containers.list(all=True, filters=MANAGED)
+    left = docker_engine.containers.list(
+        all=True, filters={"label": [MANAGED["label"], "container_manager.host=docker-local"]}
+    )
     for container in left:
         container.remove(force=True)
     assert not left, f"containers left behind: {[c.name for c in left]}"
