@@ -41,6 +41,31 @@ DEFAULTS = {
     "RETRY_JITTER": 0.5,
     # What a failed attempt is retried for, when attempts remain (a job may say otherwise).
     "DEFAULT_RETRY_ON": ["launch_error", "exit_code", "timeout", "executor_error", "worker_lost"],
+    # Container policy (hosts may tighten it with ExecutorHost.policy; see README, Security).
+    # Images a job may use: shell-style patterns, e.g. ["registry.example.com/team/*"].
+    "ALLOWED_IMAGES": ["*"],
+    # What jobs may ask for; all refused by default.
+    "ALLOW_PRIVILEGED": False,
+    "ALLOW_HOST_NETWORK": False,
+    "ALLOW_HOST_PID": False,
+    "ALLOWED_CAPABILITIES": [],
+    # Host path prefixes that may be bind-mounted into containers.
+    "ALLOWED_MOUNT_SOURCES": [],
+    # Every container drops all capabilities but these, and runs with no-new-privileges.
+    "DEFAULT_CAPABILITIES": [
+        "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+        "NET_BIND_SERVICE",
+    ],  # fmt: skip
+    # Most processes a container may have (a fork bomb stops there).
+    "PIDS_LIMIT": 512,
+    # Secrets: environment keys matching these (case-insensitive, shell-style) are secret.
+    "SECRET_ENV_PATTERNS": [
+        "*PASSWORD*", "*PASSWD*", "*SECRET*", "*TOKEN*", "*API_KEY*", "*PRIVATE_KEY*",
+        "*CREDENTIAL*", "*_KEY",
+    ],  # fmt: skip
+    # Fernet keys that encrypt secret values at rest: the first encrypts, all decrypt (add a
+    # new key first to rotate). Empty: one key derived from Django's SECRET_KEY.
+    "ENCRYPTION_KEYS": [],
     # Extra executor types: {"type_name": "dotted.path.to.ExecutorClass"}.
     "EXECUTORS": {},
 }

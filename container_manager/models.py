@@ -51,6 +51,16 @@ class ExecutorHost(models.Model):
     )
     max_concurrent_jobs = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
     labels = models.JSONField(default=dict, blank=True)
+    policy = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Tightens the container policy for this host (see the README, Security).",
+    )
+    allow_insecure = models.BooleanField(
+        default=False,
+        help_text="Allow plain, unauthenticated tcp:// to a non-loopback address. Dangerous: "
+        "whoever reaches that port controls the engine.",
+    )
     health_status = models.CharField(max_length=20, choices=Health, default=Health.UNKNOWN)
     health_message = models.TextField(blank=True)
     last_health_check = models.DateTimeField(null=True, blank=True)
@@ -238,6 +248,24 @@ class ContainerJob(models.Model):
         default=default_timeout, validators=[MinValueValidator(1), validate_timeout]
     )
 
+    # How it is confined. Each loosening must be allowed by the container policy.
+    run_as_user = models.CharField(
+        max_length=100, blank=True, help_text="user[:group] to run as; blank: the image's."
+    )
+    read_only_root = models.BooleanField("read-only root filesystem", default=False)
+    privileged = models.BooleanField(default=False)
+    host_network = models.BooleanField(default=False)
+    host_pid = models.BooleanField("host PID namespace", default=False)
+    capabilities = models.JSONField(
+        default=list, blank=True, help_text='Extra Linux capabilities, e.g. ["NET_ADMIN"].'
+    )
+    mounts = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Bind mounts: [{"source": "/host/path", "target": "/in/container", '
+        '"read_only": true}].',
+    )
+
     # Where and when.
     host = models.ForeignKey(
         ExecutorHost, null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
@@ -287,6 +315,11 @@ class ContainerJob(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [
+            ("cancel_containerjob", "Can cancel container jobs"),
+            ("retry_containerjob", "Can retry container jobs"),
+            ("reveal_secrets", "Can reveal secret environment values"),
+        ]
         indexes = [
             # Claiming reads queued jobs best first; a partial index stays small however
             # many finished jobs the table keeps.
