@@ -53,16 +53,28 @@ DEFAULTS = {
     "ALLOWED_MOUNT_SOURCES": [],
     # Every container drops all capabilities but these, and runs with no-new-privileges.
     "DEFAULT_CAPABILITIES": [
-        "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
         "NET_BIND_SERVICE",
-    ],  # fmt: skip
+    ],
     # Most processes a container may have (a fork bomb stops there).
     "PIDS_LIMIT": 512,
     # Secrets: environment keys matching these (case-insensitive, shell-style) are secret.
     "SECRET_ENV_PATTERNS": [
-        "*PASSWORD*", "*PASSWD*", "*SECRET*", "*TOKEN*", "*API_KEY*", "*PRIVATE_KEY*",
-        "*CREDENTIAL*", "*_KEY",
-    ],  # fmt: skip
+        "*PASSWORD*",
+        "*PASSWD*",
+        "*SECRET*",
+        "*TOKEN*",
+        "*API_KEY*",
+        "*PRIVATE_KEY*",
+        "*CREDENTIAL*",
+        "*_KEY",
+    ],
     # Fernet keys that encrypt secret values at rest: the first encrypts, all decrypt (add a
     # new key first to rotate). Empty: one key derived from Django's SECRET_KEY.
     "ENCRYPTION_KEYS": [],

@@ -12,7 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
-from . import envfile
+from . import envfile, policy
 from .conf import setting
 from .executors import get_executor_class, validate_executor_type
 from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transition
@@ -78,13 +78,26 @@ class ExecutorHost(models.Model):
             raise ValidationError({"executor_config": "must be a JSON object"})
         if not isinstance(self.labels, dict):
             raise ValidationError({"labels": "must be a JSON object"})
-        if self.executor_type:
+        errors = {}
+        try:
+            policy.validate_host_policy(self.policy)
+        except ValidationError as error:
+            errors["policy"] = error.messages
+        try:
+            executor_class = get_executor_class(self.executor_type)
+        except KeyError:
+            executor_class = None  # reported by the field's own validator
+        if executor_class is not None:
             try:
-                get_executor_class(self.executor_type).validate_config(self.executor_config)
-            except KeyError:
-                pass  # reported by the field's own validator
+                executor_class.validate_config(self.executor_config)
             except ValidationError as error:
-                raise ValidationError({"executor_config": error.messages}) from error
+                errors["executor_config"] = error.messages
+            try:
+                executor_class.validate_host(self)  # e.g. Docker: the remote-engine rule
+            except ValidationError as error:
+                errors = error.update_error_dict(errors)
+        if errors:
+            raise ValidationError(errors)
 
     def get_executor(self):
         """A new executor instance for this host."""
@@ -382,6 +395,11 @@ class ContainerJob(models.Model):
             errors["cpu_limit"] = "must be a number of cores, not NaN"
         if self.host_id and not self.host.is_active:
             errors["host"] = f"host {self.host.name!r} is not active"
+        try:
+            policy.check_job(self)  # what the job may do on its host: see policy.py
+        except ValidationError as error:
+            for field, messages in error.message_dict.items():
+                errors.setdefault(field, messages)
         if errors:
             raise ValidationError(errors)
 

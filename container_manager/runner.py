@@ -15,6 +15,7 @@ from datetime import timedelta
 from django.db import DatabaseError, close_old_connections, transaction
 from django.utils import timezone
 
+from . import policy
 from .conf import setting
 from .executors import ExecutorError, Outcome
 from .executors.base import NOT_FOUND
@@ -29,6 +30,8 @@ EXIT_CODE = "exit_code"
 TIMEOUT = "timeout"
 EXECUTOR_ERROR = "executor_error"
 WORKER_LOST = "worker_lost"
+# Refused by the container policy: never retried (not a kind ContainerJob.retry_on accepts).
+POLICY = "policy"
 
 
 @dataclass
@@ -55,8 +58,12 @@ class Runner:
         """For a job this worker claimed (status ``launching``)."""
         job = self.job
         try:
+            policy.check_job(job)  # again: the policy may have changed since the job was made
             executor = job.host.get_executor()
             execution_id = executor.launch(job)
+        except policy.PolicyViolation as error:
+            self.record(JobStatus.FAILED, Outcome(None), policy.refusal(error), POLICY)
+            return
         except Exception as error:  # noqa: BLE001 - every failure must end up on the job
             self.record(JobStatus.FAILED, Outcome(None), describe(error, "launch"), LAUNCH_ERROR)
             return

@@ -69,6 +69,11 @@ class BaseExecutor:
     def validate_config(cls, config: dict) -> None:
         """Raise ValidationError naming the key when ``executor_config`` is unusable."""
 
+    @classmethod
+    def validate_host(cls, host: ExecutorHost) -> None:
+        """Raise ValidationError ({field: message}) when the host's settings are unsafe or
+        unusable for this backend (called by ``ExecutorHost.clean``). Nothing by default."""
+
     def launch(self, job: ContainerJob) -> str:
         """Start ``job``, record what was started on it, and return the execution id."""
         execution_id = self.start(job)

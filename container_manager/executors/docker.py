@@ -12,13 +12,24 @@ The CA configured on the host is the one used: ``REQUESTS_CA_BUNDLE``, ``CURL_CA
 proxy variables in the environment are ignored for engine connections (``requests`` would
 otherwise let them replace the configured CA, and even turn ``tls_verify=False`` back on).
 
+A ``tcp://`` engine at an address that is not loopback (127.0.0.0/8, ::1, localhost) is only
+used with TLS that checks the engine's certificate, unless the host has ``allow_insecure``:
+``validate_host`` says so when the host is saved through validation, and connecting refuses it
+whatever saved the host (a blank connection string taken from ``DOCKER_HOST`` included).
+
+Every container is confined as ``policy.confinement`` says (``confinement_options`` maps it):
+all capabilities dropped but ``DEFAULT_CAPABILITIES`` and those the job may add,
+no-new-privileges, ``PIDS_LIMIT``, and the user, read-only root, bind mounts and host
+namespaces the job asked for and the container policy allowed.
+
 ``executor_config`` options:
 
 - ``pull_policy``: ``"never"``, ``"if-missing"`` (default) or ``"always"``.
 - ``auto_remove``: let the engine delete the container as soon as it exits (default False).
   The exit code is still known when this executor saw the container end, but its output is
   lost; by default containers are removed by ``cleanup`` after their output is harvested.
-- ``network``: the container's network mode (``"none"``, ``"host"``, a network name...).
+- ``network``: the container's network mode (``"none"``, a network name...); a job with
+  ``host_network`` gets ``"host"`` instead.
 - ``timeout``: seconds to wait for an answer from the engine (default 60).
 
 Status: a container that was created but never started (a worker died between the two calls)
@@ -32,21 +43,24 @@ second, so an execution shorter than that may report no usage at all (None).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
 import threading
 import uuid
 from contextlib import closing
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import docker
 import docker.errors
 import docker.tls
+import docker.types
 import requests
 import urllib3.exceptions
 from django.core.exceptions import ValidationError
 
+from .. import policy
 from ..output import CappedOutput
 from .base import (
     EXITED,
@@ -102,6 +116,88 @@ CONFIG_CHECKS = {
     "network": (lambda v: isinstance(v, str) and v.strip() != "", "must be a non-empty string"),
     "timeout": (_check_timeout, "must be a number of seconds greater than 0"),
 }
+
+
+def confinement_options(job, network: str | None = None) -> dict:
+    """The container-creation options that confine ``job`` (see ``policy.confinement``).
+
+    ``network`` is the host's configured network mode, used unless the job has the host's.
+    """
+    confined = policy.confinement(job)
+    options = {
+        "security_opt": ["no-new-privileges:true"] if confined.no_new_privileges else [],
+        "cap_drop": list(confined.drop_capabilities),
+        "cap_add": list(confined.add_capabilities),
+        "pids_limit": confined.pids_limit,
+        "read_only": confined.read_only_root,
+        "user": confined.user,
+        "privileged": confined.privileged,
+        "mounts": [
+            docker.types.Mount(
+                target=mount.target, source=mount.source, type="bind", read_only=mount.read_only
+            )
+            for mount in confined.mounts
+        ],
+    }
+    if confined.host_network:
+        options["network_mode"] = "host"
+    elif network:
+        options["network_mode"] = network
+    if confined.host_pid:
+        options["pid_mode"] = "host"
+    return options
+
+
+# -- remote engines ----------------------------------------------------------------------------
+
+
+def _is_loopback(hostname: str | None) -> bool:
+    if not hostname:
+        return True  # "tcp://:2375": the SDK connects to 127.0.0.1
+    if hostname.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(hostname)
+    except ValueError:
+        return False  # a name: it could resolve anywhere
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def insecure_connection(url: str | None, tls: bool, verify: bool) -> str | None:
+    """What is unsafe about talking to the engine at ``url``, or None if nothing is.
+
+    Unsafe: TCP to anything but a loopback address (127.0.0.0/8, ::1, localhost) without
+    TLS, or with TLS that does not check the engine's certificate. Unix sockets, named pipes
+    and ``ssh://`` are not network connections of this kind.
+    """
+    if not url:
+        return None
+    scheme, separator, _ = url.strip().partition("://")
+    scheme = scheme.lower() if separator else "tcp"  # "host:2375" is TCP to the SDK
+    if scheme not in ("tcp", "http", "https"):
+        return None
+    try:
+        hostname = urlsplit(url.strip() if separator else f"tcp://{url.strip()}").hostname
+    except ValueError:
+        hostname = None
+    if _is_loopback(hostname):
+        return None
+    if not tls and scheme != "https":
+        return "plain TCP, without TLS"
+    if tls and not verify:
+        return "TLS that does not check the engine's certificate (tls_verify is off)"
+    return None
+
+
+def insecure_message(host, url: str, problem: str) -> str:
+    return (
+        f"Docker host '{host.name}': {url} is {problem}, to an address that is not loopback: "
+        "anyone who can reach that port, or sit between here and there, controls the engine "
+        "and sees every job's environment. Connect with TLS (tls_ca_cert, tls_client_cert and "
+        "tls_client_key, with tls_verify on, to an engine started with --tlsverify) or over "
+        "ssh://; or, only on a network you trust, turn on allow_insecure for this host."
+    )
 
 
 class _EnvIndependentAPIClient(docker.APIClient):
@@ -242,6 +338,31 @@ class DockerExecutor(BaseExecutor):
             if not check(value):
                 raise ValidationError(f"docker option {key!r} {requirement}, not {value!r}")
 
+    @classmethod
+    def validate_host(cls, host):
+        errors = {}
+        if host.connection_string:
+            try:
+                docker.utils.parse_host(host.connection_string)
+            except docker.errors.DockerException as error:
+                errors["connection_string"] = (
+                    f"{error}; use unix:///path/docker.sock, tcp://host:port or ssh://user@host"
+                )
+        if bool(host.tls_client_cert) != bool(host.tls_client_key):
+            missing = "tls_client_key" if host.tls_client_cert else "tls_client_cert"
+            errors[missing] = "a client certificate needs both tls_client_cert and tls_client_key"
+        if host.tls_ca_cert and not host.tls_verify:
+            errors["tls_verify"] = (
+                "is off, so tls_ca_cert would be ignored and the engine's certificate not "
+                "checked; turn tls_verify on, or clear tls_ca_cert"
+            )
+        tls = any((host.tls_ca_cert, host.tls_client_cert, host.tls_client_key))
+        problem = insecure_connection(host.connection_string, tls, host.tls_verify)
+        if problem and not host.allow_insecure and "connection_string" not in errors:
+            errors["connection_string"] = insecure_message(host, host.connection_string, problem)
+        if errors:
+            raise ValidationError(errors)
+
     @property
     def connection(self) -> str:
         """Where the engine is, as shown in messages."""
@@ -282,6 +403,12 @@ class DockerExecutor(BaseExecutor):
                     kwargs["base_url"] = docker.utils.kwargs_from_env().get("base_url")
                 if any(tls_files):
                     kwargs["tls"] = self._tls_config()
+            tls = kwargs.get("tls")
+            problem = insecure_connection(
+                kwargs.get("base_url"), bool(tls), getattr(tls, "verify", True)
+            )
+            if problem and not host.allow_insecure:
+                raise ExecutorUnavailable(insecure_message(host, kwargs["base_url"], problem))
             return _Client(timeout=self.api_timeout, **kwargs)
         except docker.errors.TLSParameterError as error:
             raise ExecutorUnavailable(
@@ -348,8 +475,7 @@ class DockerExecutor(BaseExecutor):
             options["mem_limit"] = options["memswap_limit"] = job.memory_limit * MIB
         if job.cpu_limit:
             options["nano_cpus"] = int(round(job.cpu_limit * 1e9))
-        if self.config.get("network"):
-            options["network_mode"] = self.config["network"]
+        options.update(confinement_options(job, self.config.get("network")))
         try:
             container = client.containers.create(job.image, **options)
         except docker.errors.ImageNotFound as error:
