@@ -141,6 +141,9 @@ ensure_image() {
     root="$(mktemp -d)"
     # shellcheck disable=SC2064 # expand now: $root is local
     trap "rm -rf '$root'" EXIT
+    # mktemp -d makes the directory 0700; as the image's / that would lock out every user but
+    # root (a job with run_as_user could not even find /bin/sh).
+    chmod 755 "$root"
     mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/root"
     chmod 1777 "$root/tmp"
     cp "$busybox" "$root/bin/busybox"
