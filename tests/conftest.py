@@ -1,6 +1,8 @@
 import os
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from container_manager.models import ExecutorHost
 
@@ -106,3 +108,21 @@ def worker_processes(tmp_path):
     workers = WorkerProcesses(tmp_path)
     yield workers
     workers.stop_all()
+
+
+# Hypothesis: reproducible in CI (derandomized); HYPOTHESIS_PROFILE=long for a deeper search.
+
+hypothesis_settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+hypothesis_settings.register_profile(
+    "long",
+    max_examples=5000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
