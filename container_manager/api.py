@@ -9,6 +9,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from . import envfile
+from . import secrets as sealing
 from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
 from .routing import choose_host
 from .states import ACTIVE, TERMINAL, JobStatus
@@ -31,26 +33,48 @@ def create_job(
     env: dict[str, str] | None = None,
     env_template: EnvironmentVariableTemplate | str | None = None,
     hold: bool = False,
+    secrets: dict[str, str] | None = None,
     **fields,
 ) -> ContainerJob:
     """Validate and save a job, queued to run (or pending, with ``hold=True``).
 
+    ``env`` values of variables whose names match ``SECRET_ENV_PATTERNS`` are stored sealed
+    (encrypted); ``secrets`` are variables stored sealed whatever their names.
     ``fields`` are any other ContainerJob fields (name, memory_limit, cpu_limit,
     timeout_seconds, priority, scheduled_for, max_attempts, working_dir, created_by).
     Raises ValidationError naming each bad field; nothing is saved then.
     """
     host = _lookup(ExecutorHost, host, "host") or choose_host()
+    env = dict(env or {})
+    errors = {}
+    if secrets:
+        try:
+            envfile.validate_env_mapping(secrets, "secrets")
+            if both := sorted(env.keys() & secrets.keys()):
+                raise ValidationError(f"{', '.join(both)} given both in env and in secrets")
+            sealed = {key: sealing.seal(value, key) for key, value in secrets.items()}
+        except ValidationError as error:
+            errors["secrets"] = error.messages
+        except sealing.SecretError as error:
+            errors["secrets"] = [str(error)]
+        else:
+            env = {**env, **sealed}
     job = ContainerJob(
         image=image,
         # A tuple is as good as a list; a string is not an argv and fails validation.
         command=list(command) if isinstance(command, list | tuple) else (command or []),
         host=host,
         environment_template=_lookup(EnvironmentVariableTemplate, env_template, "env_template"),
-        environment_overrides=dict(env or {}),
+        environment_overrides=env,
         status=JobStatus.PENDING if hold else JobStatus.QUEUED,
         **fields,
     )
-    job.full_clean()
+    try:
+        job.full_clean()
+    except ValidationError as error:
+        raise ValidationError({**error.update_error_dict({}), **errors}) from None
+    if errors:
+        raise ValidationError(errors)
     job.save(force_insert=True)
     return job
 

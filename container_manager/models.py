@@ -12,7 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
-from . import envfile, policy
+from . import envfile, policy, secrets
 from .conf import setting
 from .executors import get_executor_class, validate_executor_type
 from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transition
@@ -144,11 +144,19 @@ class EnvironmentVariableTemplate(models.Model):
 
     def clean(self):
         try:
-            envfile.parse_env_text(self.environment_variables)
+            env = envfile.parse_env_text(self.environment_variables)
         except ValidationError as error:
             raise ValidationError({"environment_variables": error.messages}) from error
+        if problems := secrets.sealed_value_errors(env):
+            raise ValidationError({"environment_variables": problems})
+
+    def save(self, *args, **kwargs):
+        # Secret lines are stored sealed (KEY=cmsecret:v1:...); see container_manager.secrets.
+        self.environment_variables = secrets.seal_env_text(self.environment_variables)
+        super().save(*args, **kwargs)
 
     def get_environment(self) -> dict[str, str]:
+        """The variables as stored: secret values stay sealed (ContainerJob unseals them)."""
         return envfile.parse_env_text(self.environment_variables)
 
 
@@ -178,6 +186,8 @@ def validate_command(value):
 
 def validate_overrides(value):
     envfile.validate_env_mapping(value, "environment overrides")
+    if problems := secrets.sealed_value_errors(value):
+        raise ValidationError(problems)
 
 
 def validate_memory_limit(value):
@@ -378,10 +388,31 @@ class ContainerJob(models.Model):
             return self.finished_at - self.started_at
         return None
 
-    def get_environment(self) -> dict[str, str]:
+    def _stored_environment(self) -> dict[str, str]:
         env = self.environment_template.get_environment() if self.environment_template else {}
         env.update(self.environment_overrides or {})
         return env
+
+    def get_environment(self) -> dict[str, str]:
+        """The clear environment, for the executor: the only place secrets are unsealed.
+
+        Raises ``secrets.SecretError`` (naming the variable) when a secret cannot be decrypted.
+        """
+        return secrets.unseal_environment(self._stored_environment())
+
+    def get_environment_display(self, reveal: bool = False) -> dict[str, str]:
+        """Template and overrides as shown to people: secret values masked (``••••••``).
+
+        ``reveal=True`` gives the clear values; only for a user allowed to see them
+        (``container_manager.reveal_secrets``) who asked.
+        """
+        if reveal:
+            return self.get_environment()
+        template = self.environment_template
+        # Leniently parsed: a template saved with bad lines must not stop a job being shown.
+        env = dict(secrets.env_text_items(template.environment_variables)) if template else {}
+        env.update(self.environment_overrides or {})
+        return secrets.mask_environment(env)
 
     # -- validation --------------------------------------------------------------------
 
@@ -411,6 +442,10 @@ class ContainerJob(models.Model):
             check_transition(old, self.status)
         if self.status == JobStatus.QUEUED and self.queued_at is None:
             self.queued_at = timezone.now()
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None or "environment_overrides" in update_fields:
+            # Secret values are stored sealed; see container_manager.secrets.
+            self.environment_overrides = secrets.seal_environment(self.environment_overrides)
         super().save(*args, **kwargs)
         self._loaded_status = self.status
 

@@ -1,8 +1,8 @@
 """Jobs, attempts and hosts as plain data (for JSON), and validation errors as text.
 
 The management command, the admin and any future HTTP API use these, so a job looks the
-same everywhere. Environment variable values are never part of a representation (they may
-be secrets): only the template's name and the override names are.
+same everywhere. Secret environment values (see ``container_manager.secrets``) appear only
+masked (``••••••``), unless the caller asks for them revealed for a user allowed to see them.
 """
 
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
@@ -28,8 +28,12 @@ def attempt_to_dict(attempt) -> dict:
     }
 
 
-def job_to_dict(job, include_output: bool = False) -> dict:
+def job_to_dict(job, include_output: bool = False, reveal_secrets: bool = False) -> dict:
     """A job as JSON-ready data. ``include_output`` adds the stored stdout and stderr.
+
+    ``environment`` is the job's variables (template and overrides) with secret values
+    masked; ``reveal_secrets=True`` shows them in clear: only for a user with
+    ``container_manager.reveal_secrets`` who asked.
 
     For many jobs, fetch them with ``select_related("host", "environment_template",
     "created_by")`` and ``prefetch_related("attempt_set__host")``.
@@ -46,6 +50,7 @@ def job_to_dict(job, include_output: bool = False) -> dict:
             job.environment_template.name if job.environment_template else None
         ),
         "environment_override_names": sorted(job.environment_overrides or {}),
+        "environment": job.get_environment_display(reveal=reveal_secrets),
         "memory_limit_mb": job.memory_limit,
         "cpu_limit": job.cpu_limit,
         "timeout_seconds": job.timeout_seconds,

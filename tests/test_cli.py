@@ -144,7 +144,14 @@ def test_create_with_every_option(mock_host):
     )
     job = ContainerJob.objects.get()
     assert job.name == "nightly"
-    assert job.environment_overrides == {"API_KEY": "super=secret=", "EMPTY": ""}
+    # API_KEY is a secret by its name: stored sealed, given to the container in clear.
+    assert job.environment_overrides["API_KEY"].startswith("cmsecret:v1:")
+    assert job.environment_overrides["EMPTY"] == ""
+    assert job.get_environment() == {
+        "API_KEY": "super=secret=",
+        "EMPTY": "",
+        "TOKEN": "template-secret",
+    }
     assert job.environment_template.name == "base"
     assert (job.memory_limit, job.cpu_limit, job.timeout_seconds) == (128, 0.5, 60)
     assert (job.priority, job.max_attempts) == (-5, 3)

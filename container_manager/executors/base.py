@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from ..secrets import SecretError, scrub_error
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -75,8 +77,18 @@ class BaseExecutor:
         unusable for this backend (called by ``ExecutorHost.clean``). Nothing by default."""
 
     def launch(self, job: ContainerJob) -> str:
-        """Start ``job``, record what was started on it, and return the execution id."""
-        execution_id = self.start(job)
+        """Start ``job``, record what was started on it, and return the execution id.
+
+        An error never quotes the clear value of one of the job's secrets (see ``secrets``).
+        """
+        try:
+            execution_id = self.start(job)
+        except SecretError as error:  # a secret no configured key decrypts: named, not shown
+            raise LaunchError(str(error)) from None
+        except Exception as error:
+            if (scrubbed := scrub_error(error, job)) is not error:
+                raise scrubbed from None
+            raise
         job.set_execution_identifier(execution_id)
         return execution_id
 

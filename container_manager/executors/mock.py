@@ -62,6 +62,7 @@ class MockExecutor(BaseExecutor):
         self.validate_config(self.config)
         if self.config.get("launch_error"):
             raise LaunchError(self.config["launch_error"])
+        job.get_environment()  # as a real backend would: fails alike on a secret it cannot open
         execution_id = f"mock-{uuid.uuid4()}"
         default_stdout = f"mock: {shlex.join(job.command) or job.image}\n"
         with self._lock:
