@@ -1,13 +1,15 @@
 """The Django admin: configuration over the models; actions call ``container_manager.api``.
 
-List pages never show environment variable values (they may be secrets).
+Secret environment values are never shown, to anyone: forms show them as ``••••••``, and a
+masked value left as it is keeps the stored (encrypted) one. Cancel, retry and host health
+checks are offered to, and run for, only users with the matching permission.
 """
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 
-from . import api
+from . import api, secrets
 from .executors import executor_types
 from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost, JobAttempt, Worker
 from .routing import choose_host
@@ -84,8 +86,10 @@ class ExecutorHostAdmin(admin.ModelAdmin):
     def running_jobs(self, host):
         return f"{host.running_jobs} / {host.max_concurrent_jobs}"
 
-    @admin.action(description="Check health of the selected hosts")
+    @admin.action(description="Check health of the selected hosts", permissions=["change"])
     def check_health(self, request, queryset):
+        if not self.has_change_permission(request):
+            raise PermissionDenied
         for host in queryset:
             try:
                 health = host.check_health()
@@ -98,8 +102,102 @@ class ExecutorHostAdmin(admin.ModelAdmin):
             self.message_user(request, f"{host.name}: {state}: {health.message}", level)
 
 
+HIDDEN_HELP = (
+    " Secret values (variables named like a password, token or key) are stored encrypted "
+    f"and shown as {secrets.MASK}; leave {secrets.MASK} to keep a value, or type a new one."
+)
+
+
+def hidden_values_error(names):
+    return ValidationError(
+        f"the value of {', '.join(names)} is hidden ({secrets.MASK}) and there is no stored "
+        "value to keep: type it again"
+    )
+
+
+class _Redisplayed:
+    """A form's own input shown again after an error: new secret values sealed, not masked.
+
+    Masking them would lose what was just typed (a masked value means "keep the stored one");
+    sealed, they come back as they were typed without ever being shown in clear.
+    """
+
+
+class _RedisplayedDict(_Redisplayed, dict):
+    pass
+
+
+class _RedisplayedText(_Redisplayed, str):
+    pass
+
+
+def _seal_typed(key, value):
+    if not isinstance(value, str) or value.strip() == secrets.MASK or secrets.is_sealed(value):
+        return value
+    return secrets.seal(value, key) if secrets.is_secret_key(key) else value
+
+
+class MaskedEnvironmentField(forms.JSONField):
+    """Job overrides as JSON, with secret values shown as MASK."""
+
+    def bound_data(self, data, initial):
+        value = super().bound_data(data, initial)
+        if isinstance(value, dict):
+            return _RedisplayedDict({key: _seal_typed(key, v) for key, v in value.items()})
+        return value
+
+    def prepare_value(self, value):
+        if isinstance(value, dict) and not isinstance(value, _Redisplayed):
+            value = secrets.mask_environment(value)
+        return super().prepare_value(value)
+
+    def has_changed(self, initial, data):
+        if isinstance(initial, dict):
+            initial = secrets.mask_environment(initial)
+        return super().has_changed(initial, data)
+
+
+class MaskedEnvironmentTextField(forms.CharField):
+    """Template ``KEY=value`` text, with secret values shown as MASK."""
+
+    widget = forms.Textarea
+
+    def bound_data(self, data, initial):
+        if not isinstance(data, str):
+            return data
+        return _RedisplayedText(secrets.map_env_text(data, _seal_typed))
+
+    def prepare_value(self, value):
+        if isinstance(value, str) and not isinstance(value, _Redisplayed):
+            return secrets.mask_env_text(value)
+        return value
+
+    def has_changed(self, initial, data):
+        initial = secrets.mask_env_text(initial) if isinstance(initial, str) else initial
+        return super().has_changed(initial, data)
+
+
+class EnvironmentVariableTemplateForm(forms.ModelForm):
+    class Meta:
+        model = EnvironmentVariableTemplate
+        fields = ("name", "description", "environment_variables")
+        field_classes = {"environment_variables": MaskedEnvironmentTextField}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["environment_variables"].help_text += HIDDEN_HELP
+
+    def clean_environment_variables(self):
+        text = self.cleaned_data["environment_variables"]
+        text, missing = secrets.restore_masked_text(text, self.instance.environment_variables)
+        if missing:
+            raise hidden_values_error(missing)
+        return text
+
+
 @admin.register(EnvironmentVariableTemplate)
 class EnvironmentVariableTemplateAdmin(admin.ModelAdmin):
+    form = EnvironmentVariableTemplateForm
     list_display = ("name", "description", "updated_at")
     search_fields = ("name", "description")
     readonly_fields = ("created_at", "updated_at")
@@ -152,6 +250,22 @@ class ContainerJobForm(BlankJSONForm):
             "scheduled_for",
             *WHAT_TO_RUN_FIELDS,
         )
+        field_classes = {"environment_overrides": MaskedEnvironmentField}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "environment_overrides" in self.fields:
+            self.fields["environment_overrides"].help_text += HIDDEN_HELP.strip()
+
+    def clean_environment_overrides(self):
+        value = self.cleaned_data.get("environment_overrides")
+        if isinstance(value, dict):
+            stored = self.instance.environment_overrides
+            stored = stored if isinstance(stored, dict) else {}
+            value, missing = secrets.restore_masked(value, stored)
+            if missing:
+                raise hidden_values_error(missing)
+        return value
 
     def clean(self):
         cleaned = super().clean()
@@ -242,11 +356,41 @@ class ContainerJobAdmin(admin.ModelAdmin):
     def short_id(self, job):
         return str(job.pk)[:8]
 
+    @admin.display(description="environment")
+    def environment(self, job):
+        """Template and overrides, one KEY=value a line, secret values masked."""
+        variables = job.get_environment_display()
+        return "\n".join(f"{key}={value}" for key, value in sorted(variables.items())) or "-"
+
+    @staticmethod
+    def _started(obj):
+        return obj is not None and obj.status not in (JobStatus.PENDING, JobStatus.QUEUED)
+
     def get_readonly_fields(self, request, obj=None):
         # Once a worker has taken a job, what it runs is history: nothing is editable.
-        if obj is not None and obj.status not in (JobStatus.PENDING, JobStatus.QUEUED):
-            return ("id", *(field.name for field in obj._meta.fields if field.name != "id"))
+        if self._started(obj):
+            names = (field.name for field in obj._meta.fields if field.name != "id")
+            return ("id", "environment", *names)
         return self.readonly_fields
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if not self._started(obj):
+            return fieldsets
+        # Read only, the stored overrides would show sealed tokens: show the masked view.
+        return [
+            (
+                name,
+                {
+                    **options,
+                    "fields": tuple(
+                        "environment" if field == "environment_overrides" else field
+                        for field in options["fields"]
+                    ),
+                },
+            )
+            for name, options in fieldsets
+        ]
 
     def save_model(self, request, obj, form, change):
         if not change:
@@ -256,8 +400,17 @@ class ContainerJobAdmin(admin.ModelAdmin):
             # Write only what was edited, never the outcome a worker may be writing now.
             obj.save(update_fields=form.changed_data)
 
-    @admin.action(description="Cancel selected jobs")
+    def has_cancel_permission(self, request, obj=None):
+        return request.user.has_perm(f"{self.opts.app_label}.cancel_containerjob")
+
+    def has_retry_permission(self, request, obj=None):
+        return request.user.has_perm(f"{self.opts.app_label}.retry_containerjob")
+
+    @admin.action(description="Cancel selected jobs", permissions=["cancel"])
     def cancel_jobs(self, request, queryset):
+        if not self.has_cancel_permission(request):
+            raise PermissionDenied
+
         def done(job):
             if job.status == JobStatus.CANCELLED:
                 return "cancelled"
@@ -265,8 +418,10 @@ class ContainerJobAdmin(admin.ModelAdmin):
 
         self._apply(request, queryset, api.cancel_job, done)
 
-    @admin.action(description="Retry selected jobs")
+    @admin.action(description="Retry selected jobs", permissions=["retry"])
     def retry_jobs(self, request, queryset):
+        if not self.has_retry_permission(request):
+            raise PermissionDenied
         self._apply(request, queryset, api.retry_job, lambda job: "queued again")
 
     def _apply(self, request, queryset, operation, done):

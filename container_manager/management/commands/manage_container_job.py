@@ -4,15 +4,20 @@ A thin layer: arguments are parsed here, the work is done by ``container_manager
 the models, and the result is printed for people or, with ``--json``, for scripts (the JSON
 comes from ``container_manager.serializers``, as everywhere else).
 
-Environment variable values never appear in the output, only their names: they may be secrets.
+Secret environment values are shown masked (``••••••``); ``show --reveal-secrets`` shows them
+to a user (``--user``) who has ``container_manager.reveal_secrets``. With ``--user NAME`` the
+command acts as that user and checks the permission each subcommand needs; without it, it acts
+as the server's operator, with every right but revealing secrets.
 """
 
+import argparse
 import json
 import shlex
 import time
 import uuid
 from datetime import timedelta
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
@@ -21,6 +26,7 @@ from container_manager import api
 from container_manager.executors import ExecutorError
 from container_manager.models import ContainerJob, ExecutorHost
 from container_manager.output import decode_output
+from container_manager.secrets import SecretError
 from container_manager.serializers import (
     host_to_dict,
     job_to_dict,
@@ -59,12 +65,20 @@ def positive_int(value: str) -> int:
 positive_int.__name__ = "positive integer"  # what argparse calls it in its error message
 
 
-def parse_env(pairs: list[str]) -> dict[str, str]:
+# What a user given with --user needs for a subcommand: (permission, what it lets them do).
+ADD = ("container_manager.add_containerjob", "create jobs")
+CANCEL = ("container_manager.cancel_containerjob", "cancel jobs")
+RETRY = ("container_manager.retry_containerjob", "retry jobs")
+CHECK_HOSTS = ("container_manager.change_executorhost", "check hosts")
+REVEAL = ("container_manager.reveal_secrets", "reveal secrets")
+
+
+def parse_env(pairs: list[str], field: str = "env") -> dict[str, str]:
     env = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValidationError({"env": f"expected KEY=VALUE, got {key!r}"})
+            raise ValidationError({field: f"expected KEY=VALUE, got {key!r}"})
         env[key] = value
     return env
 
@@ -112,6 +126,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
+        user_help = (
+            "Act as this user: the subcommand needs that user's permission (create: "
+            "add_containerjob, cancel, retry, hosts --check: change_executorhost, show "
+            "--reveal-secrets: reveal_secrets). Without it: the server's operator."
+        )
+        parser.add_argument("--user", metavar="USERNAME", help=user_help)
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
 
         create = sub.add_parser(
@@ -130,7 +150,17 @@ class Command(BaseCommand):
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="An environment variable, on top of the template's (repeatable).",
+            help="An environment variable, on top of the template's (repeatable). Values of "
+            "names matching SECRET_ENV_PATTERNS are stored encrypted and shown masked.",
+        )
+        create.add_argument(
+            "--secret",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="A variable whose value is secret whatever its name: stored encrypted, "
+            "shown masked (repeatable). Beware: command lines can be seen by other users "
+            "of this machine.",
         )
         create.add_argument("--env-template", metavar="NAME", help="Environment template name.")
         create.add_argument("--memory", type=int, metavar="MB", help="Memory limit in MB.")
@@ -160,6 +190,12 @@ class Command(BaseCommand):
 
         show = sub.add_parser("show", help="Everything about one job and its attempts.")
         show.add_argument("job_id", metavar="JOB_ID")
+        show.add_argument(
+            "--reveal-secrets",
+            action="store_true",
+            help="Show secret environment values in clear (needs --user with "
+            "container_manager.reveal_secrets).",
+        )
         self._json_flag(show)
 
         logs = sub.add_parser(
@@ -192,18 +228,61 @@ class Command(BaseCommand):
         hosts.add_argument("--check", action="store_true", help="Run a health check on each.")
         self._json_flag(hosts)
 
+        # --user may also follow the subcommand; it is one option either way.
+        for subparser in sub.choices.values():
+            subparser.add_argument(
+                "--user", metavar="USERNAME", default=argparse.SUPPRESS, help=user_help
+            )
+
     @staticmethod
     def _json_flag(parser):
         parser.add_argument("--json", dest="as_json", action="store_true", help="Output JSON.")
 
     def handle(self, *args, **options):
+        options["acting_user"] = user = self.acting_user(options.get("user"))
+        for permission, doing in self.permissions_needed(options):
+            if permission == REVEAL[0] and user is None:
+                raise CommandError(
+                    "--reveal-secrets needs --user USERNAME, a user with "
+                    f"{permission}; the operator's rights do not include it"
+                )
+            if user is not None and not user.has_perm(permission):
+                raise CommandError(
+                    f"user {user.get_username()!r} may not {doing} (needs {permission})"
+                )
         handler = getattr(self, f"handle_{options['subcommand']}")
         try:
             handler(options)
         except ValidationError as error:
             raise invalid(error) from error
-        except InvalidTransition as error:
+        except (InvalidTransition, SecretError) as error:
             raise CommandError(str(error)) from error
+
+    # -- who may do what -----------------------------------------------------------------
+
+    @staticmethod
+    def acting_user(username):
+        """The user named by --user, or None: the operator of the server, with full rights."""
+        if username is None:
+            return None
+        User = get_user_model()
+        try:
+            user = User._default_manager.get_by_natural_key(username)
+        except User.DoesNotExist:
+            raise CommandError(f"no user named {username!r} (given with --user)") from None
+        if not user.is_active:
+            raise CommandError(f"user {username!r} is inactive")
+        return user
+
+    @staticmethod
+    def permissions_needed(options) -> list[tuple[str, str]]:
+        subcommand = options["subcommand"]
+        needed = {"create": [ADD], "cancel": [CANCEL], "retry": [RETRY]}.get(subcommand, [])
+        if subcommand == "hosts" and options.get("check"):
+            needed.append(CHECK_HOSTS)
+        if subcommand == "show" and options.get("reveal_secrets"):
+            needed.append(REVEAL)
+        return needed
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -233,11 +312,14 @@ class Command(BaseCommand):
             for option, field in CREATE_FIELDS.items()
             if options[option] is not None
         }
+        if options["acting_user"] is not None:
+            fields["created_by"] = options["acting_user"]
         job = api.create_job(
             options["image"],
             options["argv"],
             host=options["host"],
             env=parse_env(options["env"]),
+            secrets=parse_env(options["secret"], "secrets"),
             env_template=options["env_template"],
             hold=options["hold"],
             **fields,
@@ -278,10 +360,11 @@ class Command(BaseCommand):
 
     def handle_show(self, options):
         job = self.get_job(options["job_id"])
+        reveal = options["reveal_secrets"]
         if options["as_json"]:
-            self.write_json(job_to_dict(job))
+            self.write_json(job_to_dict(job, reveal_secrets=reveal))
             return
-        for label, value in self.describe(job):
+        for label, value in self.describe(job, reveal_secrets=reveal):
             lines = str(value).splitlines() or [""]
             self.stdout.write(f"{label}: {lines[0]}")
             for line in lines[1:]:
@@ -305,7 +388,7 @@ class Command(BaseCommand):
             for line in table(headers, rows):
                 self.stdout.write(f"  {line}")
 
-    def describe(self, job) -> list[tuple[str, object]]:
+    def describe(self, job, reveal_secrets=False) -> list[tuple[str, object]]:
         status = job.status
         if job.cancel_requested_at and not job.is_terminal:
             status += f" (cancel requested at {when(job.cancel_requested_at)})"
@@ -314,6 +397,11 @@ class Command(BaseCommand):
             env.append(f"template {job.environment_template.name}")
         if job.environment_overrides:
             env.append("variables " + ", ".join(sorted(job.environment_overrides)))
+        # One more line per variable, KEY=value, secret values masked unless revealed.
+        variables = job.get_environment_display(reveal=reveal_secrets)
+        env_text = "\n".join(
+            ["; ".join(env) or "-", *(f"{k}={v}" for k, v in sorted(variables.items()))]
+        )
         limits = [f"timeout {job.timeout_seconds} s"]
         if job.memory_limit is not None:
             limits.append(f"memory {job.memory_limit} MB")
@@ -335,7 +423,7 @@ class Command(BaseCommand):
             ("Image", job.image),
             ("Command", shlex.join(job.command) if job.command else "(the image's default)"),
             ("Working dir", job.working_dir or "(the image's default)"),
-            ("Environment", "; ".join(env) or "-"),
+            ("Environment", env_text),
             ("Limits", ", ".join(limits)),
             ("Priority", job.priority),
             ("Exit code", "-" if job.exit_code is None else job.exit_code),
