@@ -11,6 +11,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 
 from . import api, secrets
 from .executors import executor_types
+from .fields import JSONFormField
 from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost, JobAttempt, Worker
 from .routing import choose_host
 from .serializers import validation_error_lines, with_running_jobs
@@ -36,7 +37,7 @@ class BlankJSONForm(forms.ModelForm):
 
 class ExecutorHostForm(BlankJSONForm):
     executor_type = forms.ChoiceField(choices=registered_executor_types)
-    blank_json = {"executor_config": dict, "labels": dict}
+    blank_json = {"executor_config": dict, "labels": dict, "policy": dict}
 
     class Meta:
         model = ExecutorHost
@@ -53,6 +54,8 @@ class ExecutorHostForm(BlankJSONForm):
             "weight",
             "max_concurrent_jobs",
             "labels",
+            "policy",
+            "allow_insecure",
         )
 
 
@@ -137,7 +140,7 @@ def _seal_typed(key, value):
     return secrets.seal(value, key) if secrets.is_secret_key(key) else value
 
 
-class MaskedEnvironmentField(forms.JSONField):
+class MaskedEnvironmentField(JSONFormField):
     """Job overrides as JSON, with secret values shown as MASK."""
 
     def bound_data(self, data, initial):
@@ -236,10 +239,25 @@ WHAT_TO_RUN_FIELDS = (
     "max_attempts",
     "retry_on",
 )
+CONFINEMENT_FIELDS = (
+    "run_as_user",
+    "read_only_root",
+    "capabilities",
+    "mounts",
+    "privileged",
+    "host_network",
+    "host_pid",
+)
 
 
 class ContainerJobForm(BlankJSONForm):
-    blank_json = {"command": list, "environment_overrides": dict, "retry_on": list}
+    blank_json = {
+        "command": list,
+        "environment_overrides": dict,
+        "retry_on": list,
+        "capabilities": list,
+        "mounts": list,
+    }
 
     class Meta:
         model = ContainerJob
@@ -249,6 +267,7 @@ class ContainerJobForm(BlankJSONForm):
             "priority",
             "scheduled_for",
             *WHAT_TO_RUN_FIELDS,
+            *CONFINEMENT_FIELDS,
         )
         field_classes = {"environment_overrides": MaskedEnvironmentField}
 
@@ -319,6 +338,14 @@ class ContainerJobAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("id", "name", "status", "host", "priority", "scheduled_for")}),
         ("What to run", {"fields": WHAT_TO_RUN_FIELDS}),
+        (
+            "Confinement",
+            {
+                "fields": CONFINEMENT_FIELDS,
+                "description": "What the container may do beyond the safe defaults; "
+                "each loosening must be allowed by the container policy.",
+            },
+        ),
         (
             "Outcome",
             {

@@ -12,7 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
-from . import envfile, policy, secrets
+from . import envfile, fields, policy, secrets
 from .conf import setting
 from .executors import get_executor_class, validate_executor_type
 from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transition
@@ -42,16 +42,16 @@ class ExecutorHost(models.Model):
     tls_ca_cert = models.CharField("TLS CA certificate path", max_length=500, blank=True)
     tls_client_cert = models.CharField("TLS client certificate path", max_length=500, blank=True)
     tls_client_key = models.CharField("TLS client key path", max_length=500, blank=True)
-    executor_config = models.JSONField(
+    executor_config = fields.BoundedJSONField(
         default=dict, blank=True, help_text="Executor-specific options (see the README)."
     )
     is_active = models.BooleanField(default=True)
-    weight = models.PositiveIntegerField(
+    weight = fields.PositiveIntegerField(
         default=100, help_text="Routing preference: higher weights get more jobs."
     )
-    max_concurrent_jobs = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
-    labels = models.JSONField(default=dict, blank=True)
-    policy = models.JSONField(
+    max_concurrent_jobs = fields.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
+    labels = fields.BoundedJSONField(default=dict, blank=True)
+    policy = fields.BoundedJSONField(
         default=dict,
         blank=True,
         help_text="Tightens the container policy for this host (see the README, Security).",
@@ -238,7 +238,7 @@ class ContainerJob(models.Model):
 
     # What to run.
     image = models.CharField(max_length=500)
-    command = models.JSONField(
+    command = fields.BoundedJSONField(
         default=list,
         blank=True,
         validators=[validate_command],
@@ -252,10 +252,10 @@ class ContainerJob(models.Model):
         on_delete=models.PROTECT,
         related_name="jobs",
     )
-    environment_overrides = models.JSONField(
+    environment_overrides = fields.BoundedJSONField(
         default=dict, blank=True, validators=[validate_overrides]
     )
-    memory_limit = models.PositiveIntegerField(
+    memory_limit = fields.PositiveIntegerField(
         "memory limit (MB)",
         null=True,
         blank=True,
@@ -267,7 +267,7 @@ class ContainerJob(models.Model):
         blank=True,
         validators=[MinValueValidator(0.01), validate_cpu_limit],
     )
-    timeout_seconds = models.PositiveIntegerField(
+    timeout_seconds = fields.PositiveIntegerField(
         default=default_timeout, validators=[MinValueValidator(1), validate_timeout]
     )
 
@@ -279,10 +279,10 @@ class ContainerJob(models.Model):
     privileged = models.BooleanField(default=False)
     host_network = models.BooleanField(default=False)
     host_pid = models.BooleanField("host PID namespace", default=False)
-    capabilities = models.JSONField(
+    capabilities = fields.BoundedJSONField(
         default=list, blank=True, help_text='Extra Linux capabilities, e.g. ["NET_ADMIN"].'
     )
-    mounts = models.JSONField(
+    mounts = fields.BoundedJSONField(
         default=list,
         blank=True,
         help_text='Bind mounts: [{"source": "/host/path", "target": "/in/container", '
@@ -293,7 +293,7 @@ class ContainerJob(models.Model):
     host = models.ForeignKey(
         ExecutorHost, null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
     )
-    priority = models.IntegerField(
+    priority = fields.IntegerField(
         default=0,
         validators=[MinValueValidator(-1_000_000), MaxValueValidator(1_000_000)],
         help_text="Higher runs first.",
@@ -301,10 +301,10 @@ class ContainerJob(models.Model):
     scheduled_for = models.DateTimeField(
         default=timezone.now, help_text="Not started before this time."
     )
-    max_attempts = models.PositiveIntegerField(
+    max_attempts = fields.PositiveIntegerField(
         default=default_max_attempts, validators=[MinValueValidator(1), MaxValueValidator(100)]
     )
-    retry_on = models.JSONField(
+    retry_on = fields.BoundedJSONField(
         default=default_retry_on,
         blank=True,
         validators=[validate_retry_on],
@@ -416,11 +416,21 @@ class ContainerJob(models.Model):
 
     # -- validation --------------------------------------------------------------------
 
+    def clean_fields(self, exclude=None):
+        empty = fields.empty_number_errors(self)
+        try:
+            super().clean_fields(exclude)
+        except ValidationError as error:
+            raise ValidationError({**empty, **error.message_dict}) from None
+        if empty:
+            raise ValidationError(empty)
+
     def clean(self):
         errors = {}
+        # A blank or missing image is reported by the field itself.
         if self.image and not self.image.strip():
             errors["image"] = "is required (e.g. alpine:3.20)"
-        elif any(c.isspace() for c in self.image):
+        elif isinstance(self.image, str) and any(c.isspace() for c in self.image):
             errors["image"] = f"{self.image!r} contains whitespace"
         if isinstance(self.cpu_limit, float) and math.isnan(self.cpu_limit):
             errors["cpu_limit"] = "must be a number of cores, not NaN"

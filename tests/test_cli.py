@@ -622,3 +622,46 @@ def test_the_shell_command_line_passes_the_argv_after_double_dash(tmp_path):
     assert refused.returncode != 0
     assert "host: no executor host named 'nope'" in refused.stderr
     assert refused.stdout == ""
+
+
+def test_create_with_confinement_options(mock_host, settings, tmp_path):
+    settings.CONTAINER_MANAGER = {
+        "ALLOWED_CAPABILITIES": ["NET_ADMIN"],
+        "ALLOWED_MOUNT_SOURCES": [str(tmp_path)],
+    }
+    out = io.StringIO()
+    call_command(
+        "manage_container_job", "create", "--host", mock_host.name, "--image", "img",
+        "--run-as", "1000:1000", "--read-only-root", "--cap-add", "NET_ADMIN",
+        "--mount", f"{tmp_path}:/data", "--mount", f"{tmp_path}:/out:rw", "--json", "--", "true",
+        stdout=out,
+    )  # fmt: skip
+    job = ContainerJob.objects.get(pk=json.loads(out.getvalue())["id"])
+    assert (job.run_as_user, job.read_only_root, job.capabilities) == (
+        "1000:1000",
+        True,
+        ["NET_ADMIN"],
+    )
+    assert job.mounts == [
+        {"source": str(tmp_path), "target": "/data", "read_only": True},
+        {"source": str(tmp_path), "target": "/out", "read_only": False},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--privileged"], "privileged"),
+        (["--host-network"], "host_network"),
+        (["--cap-add", "SYS_ADMIN"], "capabilities"),
+        (["--mount", "/etc:/etc"], "mounts"),
+        (["--mount", "nonsense"], "mounts: expected SOURCE:TARGET"),
+    ],
+)
+def test_create_refuses_what_the_policy_forbids(mock_host, args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command(
+            "manage_container_job", "create", "--host", mock_host.name, "--image", "img",
+            *args, "--", "true", stdout=io.StringIO(),
+        )  # fmt: skip
+    assert ContainerJob.objects.count() == 0

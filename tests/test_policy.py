@@ -1022,3 +1022,11 @@ class TestInARealContainer:
         assert not docker_engine.api.containers(
             all=True, filters={"label": f"container_manager.job_id={job.pk}"}
         )
+
+
+@pytest.mark.parametrize("network", ["host", "container:abc"])
+def test_host_network_cannot_be_smuggled_through_executor_config(db, network):
+    host = ExecutorHost(name="sneaky", executor_type="docker", executor_config={"network": network})
+    with pytest.raises(ValidationError) as error:
+        host.full_clean()
+    assert "host_network" in str(error.value.message_dict["executor_config"])

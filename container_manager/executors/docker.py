@@ -337,6 +337,14 @@ class DockerExecutor(BaseExecutor):
             check, requirement = CONFIG_CHECKS[key]
             if not check(value):
                 raise ValidationError(f"docker option {key!r} {requirement}, not {value!r}")
+        network = config.get("network", "")
+        if network == "host" or network.startswith("container:"):
+            # Sharing another network namespace is the host_network loosening by another
+            # name: the policy decides, per job, through the job's host_network switch.
+            raise ValidationError(
+                f"docker option 'network' cannot be {network!r}: a job asks for the host's "
+                "network with host_network, which the container policy must allow"
+            )
 
     @classmethod
     def validate_host(cls, host):

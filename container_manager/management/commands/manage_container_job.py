@@ -47,7 +47,20 @@ CREATE_FIELDS = {
     "timeout": "timeout_seconds",
     "priority": "priority",
     "max_attempts": "max_attempts",
+    "run_as": "run_as_user",
 }
+# Switches that loosen the container's confinement (each must be allowed by the policy).
+CONFINEMENT_SWITCHES = ("read_only_root", "privileged", "host_network", "host_pid")
+
+
+def parse_mount(text: str) -> dict:
+    """SOURCE:TARGET[:ro|rw] as the job's mount record (read-only unless :rw)."""
+    parts = text.split(":")
+    if len(parts) == 2:
+        parts.append("ro")
+    if len(parts) != 3 or parts[2] not in ("ro", "rw") or not all(parts[:2]):
+        raise CommandError(f"mounts: expected SOURCE:TARGET[:ro|rw], got {text!r}")
+    return {"source": parts[0], "target": parts[1], "read_only": parts[2] == "ro"}
 
 
 def invalid(error: ValidationError) -> CommandError:
@@ -171,6 +184,26 @@ class Command(BaseCommand):
         create.add_argument(
             "--hold", action="store_true", help="Create it pending: it is not run until queued."
         )
+        confinement = create.add_argument_group(
+            "confinement", "Beyond the safe defaults; each must be allowed by the container policy."
+        )
+        confinement.add_argument("--run-as", metavar="USER[:GROUP]", help="User to run as.")
+        confinement.add_argument(
+            "--read-only-root", action="store_true", help="Mount the root filesystem read-only."
+        )
+        confinement.add_argument(
+            "--cap-add", action="append", default=[], metavar="CAP", help="Add a capability."
+        )
+        confinement.add_argument(
+            "--mount",
+            action="append",
+            default=[],
+            metavar="SRC:DST[:ro|rw]",
+            help="Bind-mount a host path (read-only unless :rw).",
+        )
+        confinement.add_argument("--privileged", action="store_true")
+        confinement.add_argument("--host-network", action="store_true")
+        confinement.add_argument("--host-pid", action="store_true")
         self._json_flag(create)
         create.add_argument(
             "argv", nargs="*", metavar="-- ARGV", help="The command (default: the image's)."
@@ -314,6 +347,11 @@ class Command(BaseCommand):
         }
         if options["acting_user"] is not None:
             fields["created_by"] = options["acting_user"]
+        fields.update({switch: True for switch in CONFINEMENT_SWITCHES if options[switch]})
+        if options["cap_add"]:
+            fields["capabilities"] = options["cap_add"]
+        if options["mount"]:
+            fields["mounts"] = [parse_mount(text) for text in options["mount"]]
         job = api.create_job(
             options["image"],
             options["argv"],
