@@ -190,18 +190,6 @@ def validate_overrides(value):
         raise ValidationError(problems)
 
 
-def validate_memory_limit(value):
-    MaxValueValidator(setting("MAX_MEMORY_MB"))(value)
-
-
-def validate_cpu_limit(value):
-    MaxValueValidator(setting("MAX_CPUS"))(value)
-
-
-def validate_timeout(value):
-    MaxValueValidator(setting("MAX_TIMEOUT_SECONDS"))(value)
-
-
 def default_timeout():
     return setting("DEFAULT_TIMEOUT_SECONDS")
 
@@ -259,16 +247,17 @@ class ContainerJob(models.Model):
         "memory limit (MB)",
         null=True,
         blank=True,
-        validators=[MinValueValidator(4), validate_memory_limit],
+        # The upper bounds are the container policy's (policy.py), checked there.
+        validators=[MinValueValidator(4)],
     )
     cpu_limit = models.FloatField(
         "CPU limit (cores)",
         null=True,
         blank=True,
-        validators=[MinValueValidator(0.01), validate_cpu_limit],
+        validators=[MinValueValidator(0.01)],
     )
     timeout_seconds = fields.PositiveIntegerField(
-        default=default_timeout, validators=[MinValueValidator(1), validate_timeout]
+        default=default_timeout, validators=[MinValueValidator(1)]
     )
 
     # How it is confined. Each loosening must be allowed by the container policy.
