@@ -132,22 +132,25 @@ def test_host_changelist_shows_the_load(admin_client, objects):
     assert "0 / 10" in response.text
 
 
+def job_form(**fields):
+    """What the admin's add page posts for a job, with ``fields`` changed."""
+    return {
+        "image": "alpine",
+        "timeout_seconds": "60",
+        "priority": "0",
+        "scheduled_for_0": "2026-01-01",  # the form shows "now"; a past time runs at once
+        "scheduled_for_1": "00:00:00",
+        "max_attempts": "1",
+        "attempt_set-TOTAL_FORMS": "0",
+        "attempt_set-INITIAL_FORMS": "0",
+        **fields,
+    }
+
+
 def test_add_a_job_routes_it_to_a_host(admin_client, admin_user, objects):
     response = admin_client.post(
         url("containerjob", "add"),
-        {
-            "name": "from-admin",
-            "image": "alpine",
-            "command": '["echo", "admin"]',
-            "environment_overrides": "{}",
-            "timeout_seconds": "60",
-            "priority": "0",
-            "scheduled_for_0": "2026-01-01",  # the form shows "now"; a past time runs at once
-            "scheduled_for_1": "00:00:00",
-            "max_attempts": "1",
-            "attempt_set-TOTAL_FORMS": "0",
-            "attempt_set-INITIAL_FORMS": "0",
-        },
+        job_form(name="from-admin", command='["echo", "admin"]', environment_overrides="{}"),
     )
     assert response.status_code == 302, response.text
     job = ContainerJob.objects.get(name="from-admin")
@@ -160,20 +163,7 @@ def test_add_a_job_routes_it_to_a_host(admin_client, admin_user, objects):
 def test_cleared_json_boxes_mean_empty(admin_client, objects):
     response = admin_client.post(
         url("containerjob", "add"),
-        {
-            "name": "cleared",
-            "image": "alpine",
-            "command": "",
-            "environment_overrides": "",
-            "retry_on": "",
-            "timeout_seconds": "60",
-            "priority": "0",
-            "scheduled_for_0": "2026-01-01",  # the form shows "now"; a past time runs at once
-            "scheduled_for_1": "00:00:00",
-            "max_attempts": "1",
-            "attempt_set-TOTAL_FORMS": "0",
-            "attempt_set-INITIAL_FORMS": "0",
-        },
+        job_form(name="cleared", command="", environment_overrides="", retry_on=""),
     )
     assert response.status_code == 302, response.text
     job = ContainerJob.objects.get(name="cleared")
@@ -191,19 +181,13 @@ def test_cleared_json_boxes_mean_empty(admin_client, objects):
 def test_add_a_job_with_bad_input_shows_the_errors(admin_client, objects):
     response = admin_client.post(
         url("containerjob", "add"),
-        {
-            "name": "bad",
-            "image": "two words",
-            "command": '"not a list"',
-            "environment_overrides": "{}",
-            "timeout_seconds": "0",
-            "priority": "0",
-            "scheduled_for_0": "2026-01-01",  # the form shows "now"; a past time runs at once
-            "scheduled_for_1": "00:00:00",
-            "max_attempts": "1",
-            "attempt_set-TOTAL_FORMS": "0",
-            "attempt_set-INITIAL_FORMS": "0",
-        },
+        job_form(
+            name="bad",
+            image="two words",
+            command='"not a list"',
+            environment_overrides="{}",
+            timeout_seconds="0",
+        ),
     )
     assert response.status_code == 200
     assert "must be a list of strings" in response.text
