@@ -13,6 +13,8 @@ DB_PATH.unlink(missing_ok=True)  # every demo starts from an empty database
 os.environ["DATABASE_URL"] = f"sqlite:///{DB_PATH}"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
 os.environ.setdefault("CONTAINER_MANAGER_LOG_LEVEL", "WARNING")
+# busybox's sleep ignores SIGTERM: kill the timed-out job after 2 s rather than the default 10.
+os.environ.setdefault("CONTAINER_MANAGER_SETTINGS", '{"STOP_GRACE_SECONDS": 2}')
 
 import django  # noqa: E402
 
