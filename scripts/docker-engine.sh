@@ -18,7 +18,9 @@ set -euo pipefail
 IMAGE="${CONTAINER_MANAGER_TEST_IMAGE:-local/busybox:latest}"
 DOCKERD_LOG="${DOCKERD_LOG:-/tmp/dockerd.log}"
 DOCKERD_PIDFILE="${DOCKERD_PIDFILE:-/var/run/docker.pid}"
-WAIT_SECONDS="${DOCKER_ENGINE_WAIT_SECONDS:-30}"
+# An engine that ran many containers cleans their network sandboxes up when it starts again,
+# about 0.1 s each: after a day of tests that can take minutes.
+WAIT_SECONDS="${DOCKER_ENGINE_WAIT_SECONDS:-600}"
 # Applets the tests rely on; every other applet busybox has is linked too.
 REQUIRED_APPLETS="sh echo cat sleep env head tail dd yes printf ls true false kill tr wc seq"
 
@@ -74,13 +76,16 @@ dockerd_running() {
 }
 
 wait_for_engine() {
-    local waited=0
+    local deadline=$((SECONDS + WAIT_SECONDS)) said=""
     until engine_up; do
-        if [ "$waited" -ge $((WAIT_SECONDS * 5)) ]; then
+        if [ "$SECONDS" -ge "$deadline" ]; then
             return 1
         fi
+        if [ -z "$said" ] && [ "$SECONDS" -ge $((deadline - WAIT_SECONDS + 10)) ]; then
+            echo "docker-engine.sh: waiting for dockerd to start (log: $DOCKERD_LOG)" >&2
+            said=1
+        fi
         sleep 0.2
-        waited=$((waited + 1))
     done
 }
 
