@@ -22,6 +22,29 @@ def validate_value(key: str, value, where: str = "") -> None:
         raise ValidationError(f"{where}value of {key} contains a NUL byte")
 
 
+def split_line(line: str):
+    """One line of template text, split the way ``parse_env_text`` reads it.
+
+    None for a blank or ``#`` comment line; otherwise ``(head, key, value)`` where ``key`` is
+    the stripped name and ``value`` everything after the first ``=`` (None when there is no
+    ``=``). ``head + value`` rebuilds the line without its trailing blanks: ``head`` keeps
+    any indentation, an ``export`` and the ``=``, so a value can be replaced in place.
+    """
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    body = line.lstrip()
+    head = line[: len(line) - len(body)]
+    if body.startswith("export "):
+        rest = body[len("export ") :]
+        head += "export " + rest[: len(rest) - len(rest.lstrip())]
+        body = rest.lstrip()
+    key, sep, value = body.partition("=")
+    if not sep:
+        return head, key.strip(), None
+    return head + key + sep, key.strip(), value.rstrip()
+
+
 def parse_env_text(text: str) -> dict[str, str]:
     """Parse one ``KEY=value`` per line; blank lines and ``#`` comments are skipped.
 
@@ -30,16 +53,13 @@ def parse_env_text(text: str) -> dict[str, str]:
     """
     env: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+        parts = split_line(raw)
+        if parts is None:
             continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key, sep, value = line.partition("=")
+        _, key, value = parts
         where = f"line {number}: "
-        if not sep:
+        if value is None:
             raise ValidationError(f"{where}expected KEY=value, got {raw.strip()!r}")
-        key = key.strip()
         validate_key(key, where)
         validate_value(key, value, where)
         env[key] = value

@@ -30,6 +30,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from .conf import setting
+from .envfile import split_line
 
 PREFIX = "cmsecret:v1:"
 MASK = "••••••"
@@ -231,24 +232,9 @@ def restore_masked(new: dict, old: dict) -> tuple[dict, list[str]]:
 
 
 def _split_line(line: str):
-    """(head, key, value) of a ``KEY=value`` line as envfile parses it, or None.
-
-    ``head + value`` rebuilds the line without its trailing blanks; head keeps any
-    indentation, ``export`` and the ``=``.
-    """
-    stripped = line.strip()
-    if not stripped or stripped.startswith("#"):
-        return None
-    body = line.lstrip()
-    indent = line[: len(line) - len(body)]
-    if body.startswith("export "):
-        rest = body[len("export ") :]
-        indent += "export " + rest[: len(rest) - len(rest.lstrip())]
-        body = rest.lstrip()
-    key, sep, value = body.partition("=")
-    if not sep:
-        return None
-    return indent + key + sep, key.strip(), value.rstrip()
+    """(head, key, value) of a ``KEY=value`` line (see ``envfile.split_line``), or None."""
+    parts = split_line(line)
+    return None if parts is None or parts[2] is None else parts
 
 
 def _lines(text: str):
