@@ -9,8 +9,9 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from . import envfile
+from . import envfile, limits
 from . import secrets as sealing
+from .fields import NUL_MESSAGE, short_repr
 from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
 from .routing import choose_host
 from .states import ACTIVE, TERMINAL, JobStatus
@@ -19,10 +20,30 @@ from .states import ACTIVE, TERMINAL, JobStatus
 def _lookup(model, value, field):
     if value is None or isinstance(value, model):
         return value
+    if not isinstance(value, str):
+        raise ValidationError({field: f"must be a name, not {short_repr(value)}"})
+    if "\x00" in value:
+        # Not even looked up: PostgreSQL refuses NUL in a query as in a column.
+        raise ValidationError({field: NUL_MESSAGE})
     try:
         return model.objects.get(name=value)
     except model.DoesNotExist:
-        raise ValidationError({field: f"no {model._meta.verbose_name} named {value!r}"}) from None
+        what = model._meta.verbose_name
+        raise ValidationError({field: f"no {what} named {short_repr(value)}"}) from None
+
+
+def _with_secrets(env: dict, secrets: dict) -> dict:
+    """``env`` with ``secrets`` added, sealed. Raises ValidationError for the ``secrets`` field."""
+    envfile.validate_env_mapping(secrets, "secrets")
+    if both := sorted(env.keys() & secrets.keys()):
+        raise ValidationError(f"{', '.join(both)} given both in env and in secrets")
+    # Checked before sealing, which costs an encryption per value.
+    if problem := limits.env_size_error({**env, **secrets}, "with the secrets, the environment"):
+        raise ValidationError(problem)
+    try:
+        return {**env, **{key: sealing.seal(value, key) for key, value in secrets.items()}}
+    except sealing.SecretError as error:
+        raise ValidationError(str(error)) from None
 
 
 def create_job(
@@ -49,16 +70,9 @@ def create_job(
     errors = {}
     if secrets:
         try:
-            envfile.validate_env_mapping(secrets, "secrets")
-            if both := sorted(env.keys() & secrets.keys()):
-                raise ValidationError(f"{', '.join(both)} given both in env and in secrets")
-            sealed = {key: sealing.seal(value, key) for key, value in secrets.items()}
+            env = _with_secrets(env, secrets)
         except ValidationError as error:
             errors["secrets"] = error.messages
-        except sealing.SecretError as error:
-            errors["secrets"] = [str(error)]
-        else:
-            env = {**env, **sealed}
     job = ContainerJob(
         image=image,
         # A tuple is as good as a list; a string is not an argv and fails validation.

@@ -15,6 +15,14 @@ DEFAULTS = {
     "MAX_TIMEOUT_SECONDS": 7 * 24 * 3600,
     "MAX_MEMORY_MB": 256 * 1024,
     "MAX_CPUS": 256,
+    # What a job may carry; it is stored in one row and sent to the engine in one request.
+    # The argv, all arguments together, in UTF-8 bytes (Linux refuses any one argument or
+    # variable over 128 KiB at exec anyway).
+    "MAX_COMMAND_BYTES": 128 * 1024,
+    # Environment variables of a job: its template's and its overrides (secrets included).
+    "MAX_ENV_VARS": 1000,
+    # Their names and values together, in UTF-8 bytes (secrets counted in clear).
+    "MAX_ENV_BYTES": 128 * 1024,
     "DEFAULT_MAX_ATTEMPTS": 1,
     # Worker defaults; the command line overrides them. Fractions of a second are fine.
     "POLL_INTERVAL": 1.0,

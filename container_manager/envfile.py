@@ -4,14 +4,17 @@ import re
 
 from django.core.exceptions import ValidationError
 
+from .fields import NUL_MESSAGE, short_repr
+
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def validate_key(key: str, where: str = "") -> None:
-    if not KEY_RE.match(key):
+    # fullmatch: with match(), "$" would let a name end in a newline.
+    if not (isinstance(key, str) and KEY_RE.fullmatch(key)):
         raise ValidationError(
-            f"{where}invalid variable name {key!r}: use letters, digits and underscores, "
-            "not starting with a digit"
+            f"{where}invalid variable name {short_repr(key)}: use letters, digits and "
+            "underscores, not starting with a digit"
         )
 
 
@@ -19,7 +22,7 @@ def validate_value(key: str, value, where: str = "") -> None:
     if not isinstance(value, str):
         raise ValidationError(f"{where}value of {key} must be a string, not {type(value).__name__}")
     if "\x00" in value:
-        raise ValidationError(f"{where}value of {key} contains a NUL byte")
+        raise ValidationError(f"{where}value of {key} {NUL_MESSAGE}")
 
 
 def split_line(line: str):
@@ -59,7 +62,7 @@ def parse_env_text(text: str) -> dict[str, str]:
         _, key, value = parts
         where = f"line {number}: "
         if value is None:
-            raise ValidationError(f"{where}expected KEY=value, got {raw.strip()!r}")
+            raise ValidationError(f"{where}expected KEY=value, got {short_repr(raw.strip())}")
         validate_key(key, where)
         validate_value(key, value, where)
         env[key] = value

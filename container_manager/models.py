@@ -12,7 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
-from . import envfile, fields, policy, secrets
+from . import envfile, fields, limits, policy, secrets
 from .conf import setting
 from .executors import get_executor_class, validate_executor_type
 from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transition
@@ -73,25 +73,32 @@ class ExecutorHost(models.Model):
     def __str__(self):
         return f"{self.name} ({self.executor_type})"
 
+    def clean_fields(self, exclude=None):
+        fields.clean_fields(self, exclude, super().clean_fields)
+
     def clean(self):
         if not isinstance(self.executor_config, dict):
             raise ValidationError({"executor_config": "must be a JSON object"})
         if not isinstance(self.labels, dict):
             raise ValidationError({"labels": "must be a JSON object"})
         errors = {}
-        try:
-            policy.validate_host_policy(self.policy)
-        except ValidationError as error:
-            errors["policy"] = error.messages
+        # JSON nested too deep is its field's own error (BoundedJSONField) and is not looked
+        # into further: a message quoting it with repr() would recurse away.
+        if not fields.json_depth_error(self.policy):
+            try:
+                policy.validate_host_policy(self.policy)
+            except ValidationError as error:
+                errors["policy"] = error.messages
         try:
             executor_class = get_executor_class(self.executor_type)
         except KeyError:
             executor_class = None  # reported by the field's own validator
         if executor_class is not None:
-            try:
-                executor_class.validate_config(self.executor_config)
-            except ValidationError as error:
-                errors["executor_config"] = error.messages
+            if not fields.json_depth_error(self.executor_config):
+                try:
+                    executor_class.validate_config(self.executor_config)
+                except ValidationError as error:
+                    errors["executor_config"] = error.messages
             try:
                 executor_class.validate_host(self)  # e.g. Docker: the remote-engine rule
             except ValidationError as error:
@@ -142,11 +149,16 @@ class EnvironmentVariableTemplate(models.Model):
     def __str__(self):
         return self.name
 
+    def clean_fields(self, exclude=None):
+        fields.clean_fields(self, exclude, super().clean_fields)
+
     def clean(self):
         try:
             env = envfile.parse_env_text(self.environment_variables)
         except ValidationError as error:
             raise ValidationError({"environment_variables": error.messages}) from error
+        if problem := limits.env_size_error(env):
+            raise ValidationError({"environment_variables": problem})
         if problems := secrets.sealed_value_errors(env):
             raise ValidationError({"environment_variables": problems})
 
@@ -180,12 +192,16 @@ class Worker(models.Model):
 def validate_command(value):
     if not isinstance(value, list) or not all(isinstance(arg, str) for arg in value):
         raise ValidationError('must be a list of strings (an argv), e.g. ["echo", "hi"]')
-    if any("\x00" in arg for arg in value):
-        raise ValidationError("arguments cannot contain NUL bytes")
+    # NUL is refused before validators run, by BoundedJSONField.validate.
+    if problem := limits.command_size_error(value):
+        raise ValidationError(problem)
 
 
 def validate_overrides(value):
     envfile.validate_env_mapping(value, "environment overrides")
+    # Before unsealing: each sealed value costs a decryption. With a template, see clean().
+    if problem := limits.env_size_error(value):
+        raise ValidationError(problem)
     if problems := secrets.sealed_value_errors(value):
         raise ValidationError(problems)
 
@@ -208,7 +224,8 @@ RETRYABLE_FAILURES = ("launch_error", "exit_code", "timeout", "executor_error", 
 def validate_retry_on(value):
     if not isinstance(value, list) or not all(kind in RETRYABLE_FAILURES for kind in value):
         raise ValidationError(
-            f"must be a list drawn from: {', '.join(RETRYABLE_FAILURES)}; got {value!r}"
+            f"must be a list drawn from: {', '.join(RETRYABLE_FAILURES)}; "
+            f"got {fields.short_repr(value)}"
         )
 
 
@@ -345,7 +362,15 @@ class ContainerJob(models.Model):
         ]
 
     def __str__(self):
-        return self.name or f"{self.image} {shlex.join(self.command)}".strip()
+        return self.name or f"{self.image} {self.command_line()}".strip()
+
+    def command_line(self) -> str:
+        """The command as one shell-quoted line, for people ("" when it is empty)."""
+        command = self.command
+        if not (isinstance(command, list) and all(isinstance(arg, str) for arg in command)):
+            # Only a row written around validation: it must not break a page listing it.
+            return f"(not an argv: {fields.short_repr(command)})"
+        return shlex.join(command)
 
     @classmethod
     def from_db(cls, db, field_names, values):
@@ -406,13 +431,7 @@ class ContainerJob(models.Model):
     # -- validation --------------------------------------------------------------------
 
     def clean_fields(self, exclude=None):
-        empty = fields.empty_number_errors(self)
-        try:
-            super().clean_fields(exclude)
-        except ValidationError as error:
-            raise ValidationError({**empty, **error.message_dict}) from None
-        if empty:
-            raise ValidationError(empty)
+        fields.clean_fields(self, exclude, super().clean_fields)
 
     def clean(self):
         errors = {}
@@ -420,18 +439,34 @@ class ContainerJob(models.Model):
         if self.image and not self.image.strip():
             errors["image"] = "is required (e.g. alpine:3.20)"
         elif isinstance(self.image, str) and any(c.isspace() for c in self.image):
-            errors["image"] = f"{self.image!r} contains whitespace"
+            errors["image"] = f"{fields.short_repr(self.image)} contains whitespace"
         if isinstance(self.cpu_limit, float) and math.isnan(self.cpu_limit):
             errors["cpu_limit"] = "must be a number of cores, not NaN"
         if self.host_id and not self.host.is_active:
             errors["host"] = f"host {self.host.name!r} is not active"
+        errors.update(self._template_size_errors())
         try:
             policy.check_job(self)  # what the job may do on its host: see policy.py
         except ValidationError as error:
             for field, messages in error.message_dict.items():
-                errors.setdefault(field, messages)
+                # Too deep is the field's own error already (BoundedJSONField).
+                if not fields.json_depth_error(getattr(self, field, None)):
+                    errors.setdefault(field, messages)
         if errors:
             raise ValidationError(errors)
+
+    def _template_size_errors(self) -> dict[str, str]:
+        """The template pushing the environment over the limits (the overrides alone are
+        checked by their field's validator)."""
+        overrides = self.environment_overrides
+        template = self.environment_template
+        if template is None or not isinstance(overrides, dict) or limits.env_size_error(overrides):
+            return {}
+        # Read leniently, as for display: a template saved around validation must not crash.
+        env = {**dict(secrets.env_text_items(template.environment_variables)), **overrides}
+        if problem := limits.env_size_error(env, "with the template, the environment"):
+            return {"environment_template": problem}
+        return {}
 
     # -- status ------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from .conf import setting
+from .fields import json_depth_error, short_repr
 
 if TYPE_CHECKING:
     from .models import ContainerJob, ExecutorHost
@@ -239,11 +240,12 @@ def _check_shape(policy) -> None:
     errors = []
     for key, value in policy.items():
         if key not in POLICY_KEYS:
-            errors.append(f"unknown policy key {key!r} (known: {', '.join(POLICY_KEYS)})")
+            known = ", ".join(POLICY_KEYS)
+            errors.append(f"unknown policy key {short_repr(key)} (known: {known})")
             continue
         _, check, shape = POLICY_KEYS[key]
         if not check(value):
-            errors.append(f"{key!r} must be {shape}, not {value!r}")
+            errors.append(f"{key!r} must be {shape}, not {short_repr(value)}")
     if errors:
         raise ValidationError(errors)
 
@@ -318,7 +320,7 @@ def check_job(job: ContainerJob) -> None:
         if rule:
             refuse(
                 "image",
-                f"{image!r} is not allowed{on_host} "
+                f"{short_repr(image)} is not allowed{on_host} "
                 f"(allowed images: {_listed(rule.value)}; rule: {rule.name})",
             )
 
@@ -351,15 +353,21 @@ def check_job(job: ContainerJob) -> None:
                 state = "off" if rule.name.isupper() else "false"
                 refuse(field, f"{what} not allowed{on_host} (rule: {rule.name} is {state})")
 
-    _check_capabilities(job.capabilities, policy, on_host, refuse)
-    _check_mounts(job.mounts, policy, on_host, refuse)
+    for field, check in (("capabilities", _check_capabilities), ("mounts", _check_mounts)):
+        value = getattr(job, field)
+        # Even saved around validation, a value nested too deep is refused, not skipped: the
+        # launch must not go ahead with a field the policy could not read.
+        if problem := json_depth_error(value):
+            refuse(field, problem)
+        else:
+            check(value, policy, on_host, refuse)
 
     user = job.run_as_user
     if user and not (isinstance(user, str) and RUN_AS_USER.match(user)):
         refuse(
             "run_as_user",
-            f"{user!r} is not a user[:group] (names or numbers of letters, digits, '_', '.', "
-            "'-'), e.g. '1000:1000' or 'nobody'",
+            f"{short_repr(user)} is not a user[:group] (names or numbers of letters, digits, "
+            "'_', '.', '-'), e.g. '1000:1000' or 'nobody'",
         )
 
     if errors:
@@ -372,7 +380,8 @@ def _check_capabilities(capabilities, policy, on_host, refuse) -> None:
     if not isinstance(capabilities, list):
         refuse(
             "capabilities",
-            f'must be a list of capability names, e.g. ["NET_ADMIN"], not {capabilities!r}',
+            'must be a list of capability names, e.g. ["NET_ADMIN"], '
+            f"not {short_repr(capabilities)}",
         )
         return
     for requested in capabilities:
@@ -380,7 +389,7 @@ def _check_capabilities(capabilities, policy, on_host, refuse) -> None:
         if name is None:
             refuse(
                 "capabilities",
-                f"{requested!r} is not a capability name (upper-case letters and '_', "
+                f"{short_repr(requested)} is not a capability name (upper-case letters and '_', "
                 "optionally with a CAP_ prefix, e.g. 'NET_ADMIN')",
             )
             continue
@@ -392,7 +401,7 @@ def _check_capabilities(capabilities, policy, on_host, refuse) -> None:
             allowed = [capability_name(c) for c in rule.value]
             refuse(
                 "capabilities",
-                f"{name!r} is not allowed{on_host} (allowed: {_listed(allowed)}; "
+                f"{short_repr(name)} is not allowed{on_host} (allowed: {_listed(allowed)}; "
                 f"rule: {rule.name})",
             )
 
@@ -402,13 +411,13 @@ def _check_mounts(mounts, policy, on_host, refuse) -> None:
         return
     shape = '{"source": "/host/path", "target": "/in/container", "read_only": true}'
     if not isinstance(mounts, list):
-        refuse("mounts", f"must be a list of objects like {shape}, not {mounts!r}")
+        refuse("mounts", f"must be a list of objects like {shape}, not {short_repr(mounts)}")
         return
     targets = set()
     for number, mount in enumerate(mounts, 1):
         where = f"mount {number}"
         if not isinstance(mount, dict):
-            refuse("mounts", f"{where} must be an object like {shape}, not {mount!r}")
+            refuse("mounts", f"{where} must be an object like {shape}, not {short_repr(mount)}")
             continue
         unknown = sorted(set(mount) - set(MOUNT_KEYS))
         if unknown:
@@ -418,17 +427,23 @@ def _check_mounts(mounts, policy, on_host, refuse) -> None:
         for key in ("source", "target"):
             path = mount.get(key)
             if not (isinstance(path, str) and path.startswith("/") and "\x00" not in path):
-                refuse("mounts", f"{where}: {key!r} must be an absolute path, not {path!r}")
+                refuse(
+                    "mounts", f"{where}: {key!r} must be an absolute path, not {short_repr(path)}"
+                )
             else:
                 paths[key] = normalize_path(path)
         read_only = mount.get("read_only", True)
         if not isinstance(read_only, bool):
-            refuse("mounts", f"{where}: 'read_only' must be true or false, not {read_only!r}")
+            refuse(
+                "mounts", f"{where}: 'read_only' must be true or false, not {short_repr(read_only)}"
+            )
         target = paths.get("target")
         if target == "/":
             refuse("mounts", f"{where}: cannot mount over the container's root '/'")
         elif target in targets:
-            refuse("mounts", f"{where}: {target!r} is already the target of another mount")
+            refuse(
+                "mounts", f"{where}: {short_repr(target)} is already the target of another mount"
+            )
         elif target:
             targets.add(target)
         source = paths.get("source")
@@ -441,9 +456,9 @@ def _check_mounts(mounts, policy, on_host, refuse) -> None:
             ),
         )
         if rule:
-            shown = repr(mount["source"])
+            shown = short_repr(mount["source"])
             if source != mount["source"]:
-                shown += f" (that is, {source!r})"
+                shown += f" (that is, {short_repr(source)})"
             prefixes = [normalize_path(p) for p in rule.value]
             refuse(
                 "mounts",

@@ -12,7 +12,6 @@ as the server's operator, with every right but revealing secrets.
 
 import argparse
 import json
-import shlex
 import time
 import uuid
 from datetime import timedelta
@@ -24,6 +23,7 @@ from django.utils import timezone
 
 from container_manager import api
 from container_manager.executors import ExecutorError
+from container_manager.fields import short_repr
 from container_manager.models import ContainerJob, ExecutorHost
 from container_manager.output import decode_output
 from container_manager.secrets import SecretError
@@ -59,7 +59,7 @@ def parse_mount(text: str) -> dict:
     if len(parts) == 2:
         parts.append("ro")
     if len(parts) != 3 or parts[2] not in ("ro", "rw") or not all(parts[:2]):
-        raise CommandError(f"mounts: expected SOURCE:TARGET[:ro|rw], got {text!r}")
+        raise CommandError(f"mounts: expected SOURCE:TARGET[:ro|rw], got {short_repr(text)}")
     return {"source": parts[0], "target": parts[1], "read_only": parts[2] == "ro"}
 
 
@@ -91,7 +91,7 @@ def parse_env(pairs: list[str], field: str = "env") -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValidationError({field: f"expected KEY=VALUE, got {key!r}"})
+            raise ValidationError({field: f"expected KEY=VALUE, got {short_repr(key)}"})
         env[key] = value
     return env
 
@@ -459,7 +459,7 @@ class Command(BaseCommand):
             ("Host", job.host.name if job.host else "-"),
             ("Execution ID", job.get_execution_identifier() or "-"),
             ("Image", job.image),
-            ("Command", shlex.join(job.command) if job.command else "(the image's default)"),
+            ("Command", job.command_line() or "(the image's default)"),
             ("Working dir", job.working_dir or "(the image's default)"),
             ("Environment", env_text),
             ("Limits", ", ".join(limits)),
