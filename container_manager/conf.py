@@ -41,6 +41,16 @@ DEFAULTS = {
     # On SIGTERM/SIGINT: how long running jobs are still followed before they are released
     # for another worker to re-attach to.
     "SHUTDOWN_GRACE_SECONDS": 30.0,
+    # Outages. A write of an attempt (running, outcome...) that fails because the database
+    # went away is tried again for this long before the worker gives the job to its watchdog.
+    "DATABASE_RETRY_SECONDS": 60.0,
+    # A running job whose host stops answering is followed through an outage this long; only
+    # past it is the attempt failed (its outcome unknown).
+    "ENGINE_OUTAGE_GRACE": 300.0,
+    # An unhealthy host is checked again after BASE seconds, then twice as long each time it
+    # still fails, up to MAX; it gets no new jobs until a check passes.
+    "HEALTH_RECHECK_BASE": 1.0,
+    "HEALTH_RECHECK_MAX": 15.0,
     # Retries: the delay before attempt n+1 is min(MAX, BASE * FACTOR ** (n - 1)), of which a
     # random part up to JITTER (a fraction) is taken off so retries do not stampede.
     "RETRY_BACKOFF_BASE": 5.0,

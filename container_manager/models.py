@@ -5,6 +5,7 @@
 import math
 import shlex
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -15,7 +16,51 @@ from django.utils import timezone
 from . import envfile, fields, limits, policy, secrets
 from .conf import setting
 from .executors import get_executor_class, validate_executor_type
+from .output import storable
 from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transition
+
+
+def recheck_delay(failures: int) -> float:
+    """Seconds before an unhealthy host is checked again, after ``failures`` failed checks."""
+    base, most = setting("HEALTH_RECHECK_BASE"), setting("HEALTH_RECHECK_MAX")
+    return min(most, base * 2 ** max(0, failures - 1))
+
+
+class ExecutorHostQuerySet(models.QuerySet):
+    def due_for_recheck(self):
+        """Unhealthy hosts whose next health check has come."""
+        return self.filter(
+            is_active=True,
+            health_status=ExecutorHost.Health.UNHEALTHY,
+            next_health_check_at__lte=timezone.now(),
+        )
+
+    def take_recheck(self, host) -> bool:
+        """Reserve ``host``'s due check for the caller: across all workers, one takes it."""
+        later = timezone.now() + timedelta(seconds=recheck_delay(host.health_failures + 1))
+        return bool(
+            self.filter(pk=host.pk, next_health_check_at=host.next_health_check_at).update(
+                next_health_check_at=later
+            )
+        )
+
+    def mark_unreachable(self, host, message: str) -> bool:
+        """Take ``host`` out of routing after a call to it failed; a recheck brings it back.
+
+        Many attempts may fail at once in one outage: only the first marks it.
+        """
+        now = timezone.now()
+        return bool(
+            self.filter(pk=host.pk)
+            .exclude(health_status=ExecutorHost.Health.UNHEALTHY)
+            .update(
+                health_status=ExecutorHost.Health.UNHEALTHY,
+                health_message=storable(message),
+                last_health_check=now,
+                health_failures=1,
+                next_health_check_at=now + timedelta(seconds=recheck_delay(1)),
+            )
+        )
 
 
 class ExecutorHost(models.Model):
@@ -64,8 +109,14 @@ class ExecutorHost(models.Model):
     health_status = models.CharField(max_length=20, choices=Health, default=Health.UNKNOWN)
     health_message = models.TextField(blank=True)
     last_health_check = models.DateTimeField(null=True, blank=True)
+    health_failures = models.PositiveIntegerField(
+        default=0, editable=False, help_text="Health checks failed in a row."
+    )
+    next_health_check_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ExecutorHostQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -123,11 +174,27 @@ class ExecutorHost(models.Model):
             health = self.get_executor().health_check()
         except (ExecutorError, ValidationError) as error:
             health = Health(False, str(error))
-        self.health_status = self.Health.HEALTHY if health.healthy else self.Health.UNHEALTHY
-        self.health_message = health.message
-        self.last_health_check = timezone.now()
-        self.save(update_fields=["health_status", "health_message", "last_health_check"])
+        self.record_health(health.healthy, health.message)
         return health
+
+    def record_health(self, healthy: bool, message: str) -> None:
+        now = timezone.now()
+        self.health_status = self.Health.HEALTHY if healthy else self.Health.UNHEALTHY
+        self.health_message = storable(message)
+        self.last_health_check = now
+        self.health_failures = 0 if healthy else self.health_failures + 1
+        self.next_health_check_at = (
+            None if healthy else now + timedelta(seconds=recheck_delay(self.health_failures))
+        )
+        self.save(
+            update_fields=[
+                "health_status",
+                "health_message",
+                "last_health_check",
+                "health_failures",
+                "next_health_check_at",
+            ]
+        )
 
 
 class EnvironmentVariableTemplate(models.Model):

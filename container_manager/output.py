@@ -19,6 +19,8 @@ class CappedOutput:
         self.head = bytearray()
         self.tail = bytearray()
         self.total = 0
+        self.cut_reason = ""
+        self.lost_reason = ""
 
     def feed(self, chunk: bytes) -> None:
         self.total += len(chunk)
@@ -36,18 +38,35 @@ class CappedOutput:
             self.feed(chunk)
         return self
 
+    def cut_short(self, reason: str) -> None:
+        """Reading stopped before the end: ``text()`` says so, and why."""
+        self.cut_reason = reason
+
+    def lost_before(self, reason: str) -> None:
+        """The source may have dropped output before what was fed: ``text()`` says so."""
+        self.lost_reason = reason
+
     @property
     def omitted(self) -> int:
         return self.total - len(self.head) - len(self.tail)
 
     def text(self) -> str:
         if not self.omitted:
-            return decode_output(bytes(self.head + self.tail))
-        marker = (
-            f"\n[... container_manager: output truncated, {self.omitted} of {self.total} "
-            "bytes omitted ...]\n"
-        )
-        return decode_output(bytes(self.head)) + marker + decode_output(bytes(self.tail))
+            text = decode_output(bytes(self.head + self.tail))
+        else:
+            marker = (
+                f"\n[... container_manager: output truncated, {self.omitted} of {self.total} "
+                "bytes omitted ...]\n"
+            )
+            text = decode_output(bytes(self.head)) + marker + decode_output(bytes(self.tail))
+        if self.lost_reason:
+            text = f"[... container_manager: {self.lost_reason} ...]\n" + text
+        if self.cut_reason:
+            text += (
+                f"\n[... container_manager: output cut after {self.total} bytes: "
+                f"{self.cut_reason} ...]\n"
+            )
+        return text
 
 
 def capped_text(data: bytes, limit: int | None = None) -> str:
@@ -60,3 +79,8 @@ def decode_output(data: bytes) -> str:
     NUL is escaped too: PostgreSQL text columns cannot hold it.
     """
     return data.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
+
+
+def storable(text: str) -> str:
+    """``text`` as any database stores it: a NUL (in an engine's error, say) escaped."""
+    return text.replace("\x00", "\\x00")

@@ -24,9 +24,12 @@ from .states import ACTIVE, JobStatus
 
 
 def ready_jobs(host_ids=None):
-    """Queued jobs whose time has come, best first."""
+    """Queued jobs whose time has come, best first; those waiting for an unhealthy host, held
+    until a health check passes, are not ready."""
     now = timezone.now()
-    jobs = ContainerJob.objects.filter(status=JobStatus.QUEUED, scheduled_for__lte=now)
+    jobs = ContainerJob.objects.filter(status=JobStatus.QUEUED, scheduled_for__lte=now).exclude(
+        host__health_status=ExecutorHost.Health.UNHEALTHY
+    )
     if host_ids is not None:
         jobs = jobs.filter(host__in=host_ids)
     return jobs.order_by("-priority", "scheduled_for", "created_at")
@@ -116,6 +119,11 @@ def adopt_orphans(worker: Worker, limit: int, host_ids=None) -> list[ContainerJo
             job.worker = worker
             adopted.append(job)
     return adopted
+
+
+def owned_jobs(worker: Worker):
+    """The jobs ``worker`` holds: each should have a runner thread in that worker."""
+    return ContainerJob.objects.filter(worker=worker, status__in=ACTIVE).select_related("host")
 
 
 def release_jobs(worker: Worker) -> int:

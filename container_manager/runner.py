@@ -3,6 +3,13 @@
 The outcome of an attempt (status, exit code, output, usage, error) is written in one
 atomic update, so nobody ever sees a finished job without its output. Database
 transactions never span a call to the executor.
+
+Outages are part of the job. Each write is retried through a database restart
+(``db.retry_transient``); should the database stay away longer, the runner ends without
+recording anything and the worker's watchdog resumes the job once it is back. A host that
+stops answering is taken out of routing: a launch that reached nothing gives its claim back
+without spending an attempt, and a running execution is followed through the outage for
+``ENGINE_OUTAGE_GRACE`` seconds and harvested from what the host reports when it returns.
 """
 
 import logging
@@ -12,15 +19,17 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import DatabaseError, close_old_connections, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from . import policy
 from .conf import setting
-from .executors import ExecutorError, Outcome
+from .db import TRANSIENT_ERRORS, reset_connection, retry_transient
+from .executors import ExecutorError, ExecutorUnavailable, Outcome
 from .executors.base import NOT_FOUND
-from .models import ContainerJob, JobAttempt
-from .states import JobStatus
+from .models import ContainerJob, ExecutorHost, JobAttempt
+from .output import storable
+from .states import ACTIVE, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +42,11 @@ WORKER_LOST = "worker_lost"
 # Refused by the container policy: never retried (not a kind ContainerJob.retry_on accepts).
 POLICY = "policy"
 
+# Seconds between calls to a host that does not answer, while its outage grace lasts.
+OUTAGE_RETRY_PAUSE = 1.0
+# Harvesting gets at least this long, even when the job's time is up.
+MIN_HARVEST_SECONDS = 2.0
+
 
 @dataclass
 class Verdict:
@@ -43,8 +57,17 @@ class Verdict:
     kind: str = ""
 
 
-# The worker let go of the job (shutdown): another worker will re-attach to it.
+# The worker let go of the job (shutdown, or another worker took it over): another worker
+# will re-attach to it.
 RELEASED = Verdict(status=None, error="released", kind="released")
+
+
+class Released(Exception):
+    """The worker let go of the job while its host was unreachable."""
+
+
+class OutageTooLong(ExecutorError):
+    """The host stayed unreachable past ``ENGINE_OUTAGE_GRACE``."""
 
 
 class Runner:
@@ -53,6 +76,10 @@ class Runner:
     def __init__(self, job: ContainerJob, release: threading.Event):
         self.job = job
         self.release = release
+        self.owner = job.worker_id
+        self.deadline = None  # time.monotonic() by which the job's timeout is up
+        self.outage_started = None  # time.monotonic() when the host stopped answering
+        self.outage_seconds = 0.0  # how long the host was unreachable while followed
 
     def run(self) -> None:
         """For a job this worker claimed (status ``launching``)."""
@@ -61,8 +88,15 @@ class Runner:
             executor = job.host.get_executor()
             # Checks the policy again: it may have changed since the job was made.
             execution_id = executor.launch(job)
+        except TRANSIENT_ERRORS:
+            raise  # nothing recorded: the worker's watchdog resumes the job
         except policy.PolicyViolation as error:
             self.record(JobStatus.FAILED, Outcome(None), policy.refusal(error), POLICY)
+            return
+        except ExecutorUnavailable as error:
+            # The host could not be reached: hold the job for it instead of failing it.
+            self.mark_host_unreachable(error)
+            give_back_claim(job, f"host {job.host.name} is unreachable: {error}")
             return
         except Exception as error:  # noqa: BLE001 - every failure must end up on the job
             self.record(JobStatus.FAILED, Outcome(None), describe(error, "launch"), LAUNCH_ERROR)
@@ -72,20 +106,30 @@ class Runner:
         self.follow(executor, execution_id)
 
     def resume(self) -> None:
-        """For a job adopted from a lost worker: re-attach, never start it a second time."""
+        """For a job this worker holds without following it (adopted from a lost worker, or
+        left by a runner that ended early): re-attach, never start it a second time."""
         job = self.job
+        if not retry_transient(self.still_mine, f"job {job.pk}: resuming"):
+            return
         try:
             executor = job.host.get_executor()
             execution_id = job.execution_id
             if job.status == JobStatus.LAUNCHING:
-                execution_id = executor.find_execution(job)
+                try:
+                    execution_id = executor.find_execution(job)
+                except ExecutorUnavailable as error:
+                    # Launches are idempotent per attempt (see BaseExecutor.start): should
+                    # something have started, the next launch of this attempt finds it.
+                    self.mark_host_unreachable(error)
+                    give_back_claim(job, f"host {job.host.name} is unreachable: {error}")
+                    return
                 if execution_id is None:
                     # Nothing was started: give the claim back without spending an attempt.
-                    requeue_unstarted(job)
+                    give_back_claim(job, "its worker was lost before starting it")
                     return
                 if not self.mark_running(executor, execution_id):
                     return
-            if executor.status(execution_id) == NOT_FOUND:
+            if self.until_reachable(executor.status, execution_id) == NOT_FOUND:
                 self.record(
                     JobStatus.FAILED,
                     Outcome(None),
@@ -94,6 +138,10 @@ class Runner:
                     WORKER_LOST,
                 )
                 return
+        except TRANSIENT_ERRORS:
+            raise
+        except Released:
+            return
         except Exception as error:  # noqa: BLE001
             self.record(
                 JobStatus.FAILED, Outcome(None), describe(error, "recovery"), EXECUTOR_ERROR
@@ -104,14 +152,25 @@ class Runner:
 
     # -- steps -------------------------------------------------------------------------
 
+    def still_mine(self) -> bool:
+        """Whether the job is still active and held by this runner's worker."""
+        self.job.refresh_from_db()
+        return self.job.status in ACTIVE and self.job.worker_id == self.owner
+
     def mark_running(self, executor, execution_id: str) -> bool:
         job = self.job
-        with transaction.atomic():
-            moved = job.transition(
-                JobStatus.RUNNING, execution_id=execution_id, started_at=timezone.now()
-            )
-            if moved:
-                current_attempt(job).update(execution_id=execution_id)
+
+        def step():
+            with transaction.atomic():
+                moved = job.transition(
+                    JobStatus.RUNNING, execution_id=execution_id, started_at=timezone.now()
+                )
+                if moved:
+                    current_attempt(job).update(execution_id=execution_id)
+            # A retry after a commit whose answer was lost finds the move already made.
+            return moved or (job.status == JobStatus.RUNNING and job.execution_id == execution_id)
+
+        moved = retry_transient(step, f"job {job.pk}: marking it running")
         if not moved:
             logger.warning(
                 "job %s changed while launching (now %s); stopping it", job.pk, job.status
@@ -129,12 +188,21 @@ class Runner:
             if verdict is RELEASED:
                 logger.info("job %s released with %s still running", job.pk, execution_id)
                 return
-            outcome = executor.harvest(execution_id)
+            harvest_by = max(
+                self.deadline + setting("STOP_GRACE_SECONDS"), _in(MIN_HARVEST_SECONDS)
+            )
+            outcome = self.until_reachable(executor.harvest, execution_id, harvest_by)
+        except TRANSIENT_ERRORS:
+            raise
+        except Released:
+            logger.info("job %s released while its host was unreachable", job.pk)
+            return
         except Exception as error:  # noqa: BLE001
             verdict, outcome = (
                 Verdict(JobStatus.FAILED, describe(error, "run"), EXECUTOR_ERROR),
                 Outcome(None),
             )
+        verdict = self.explain_outage(verdict, outcome)
         if self.record(verdict.status, outcome, verdict.error, verdict.kind):
             try:
                 executor.cleanup(execution_id)
@@ -146,43 +214,123 @@ class Runner:
         job = self.job
         started = job.started_at or timezone.now()
         left = (started + timedelta(seconds=job.timeout_seconds) - timezone.now()).total_seconds()
-        deadline = time.monotonic() + left
+        self.deadline = time.monotonic() + left
         check_every = setting("CANCEL_CHECK_INTERVAL")
         grace = setting("STOP_GRACE_SECONDS")
         while True:
-            left = deadline - time.monotonic()
+            left = self.deadline - time.monotonic()
+            # Asked first, so an execution that ended during an outage is not called timed out.
+            if self.until_reachable(executor.wait, execution_id, max(0.0, min(left, check_every))):
+                return Verdict(None)
             if left <= 0:
-                executor.stop(execution_id, grace)
+                self.until_reachable(executor.stop, execution_id, grace)
                 return Verdict(
                     JobStatus.TIMED_OUT,
                     f"timed out after {job.timeout_seconds} s; stopped",
                     TIMEOUT,
                 )
-            if executor.wait(execution_id, min(left, check_every)):
-                return Verdict(None)
             if self.release.is_set():
                 return RELEASED
-            if cancel_requested(job):
-                executor.stop(execution_id, grace)
+            cancel_requested, owner = self.read_requests()
+            if owner != self.owner:
+                logger.warning("job %s was taken over by another worker", job.pk)
+                return RELEASED
+            if cancel_requested:
+                self.until_reachable(executor.stop, execution_id, grace)
                 return Verdict(JobStatus.CANCELLED, "cancelled on request; stopped")
+
+    def read_requests(self) -> tuple[bool, object]:
+        """(cancel requested?, the worker holding the job) as the database says now.
+
+        While the database is away the job goes on as it was: a container does not need it.
+        """
+        try:
+            row = ContainerJob.objects.filter(pk=self.job.pk).values_list(
+                "cancel_requested_at", "worker_id"
+            )
+            cancel_requested_at, owner = row.get()
+        except TRANSIENT_ERRORS as error:
+            logger.warning("job %s: database unavailable (%s); following on", self.job.pk, error)
+            reset_connection()
+            return False, self.owner
+        return cancel_requested_at is not None, owner
+
+    # -- outages -----------------------------------------------------------------------
+
+    def until_reachable(self, call, *args):
+        """``call(*args)``, tried again while the host is unreachable, up to the grace."""
+        while True:
+            try:
+                result = call(*args)
+            except ExecutorUnavailable as error:
+                self.unreachable(error)
+                if self.release.wait(OUTAGE_RETRY_PAUSE):
+                    raise Released() from None
+                continue
+            if self.outage_started is not None:
+                lasted = time.monotonic() - self.outage_started
+                self.outage_seconds += lasted
+                self.outage_started = None
+                logger.info(
+                    "job %s: host %s answers again after %.0f s",
+                    self.job.pk,
+                    self.job.host.name,
+                    lasted,
+                )
+            return result
+
+    def unreachable(self, error: ExecutorUnavailable) -> None:
+        now = time.monotonic()
+        grace = setting("ENGINE_OUTAGE_GRACE")
+        if self.outage_started is None:
+            self.outage_started = now
+            logger.warning(
+                "job %s: host %s unreachable (%s); following it for up to %g s",
+                self.job.pk,
+                self.job.host.name,
+                error,
+                grace,
+            )
+            self.mark_host_unreachable(error)
+        elif now - self.outage_started > grace:
+            raise OutageTooLong(
+                f"host {self.job.host.name} was unreachable for more than {grace:g} s "
+                f"(ENGINE_OUTAGE_GRACE) while this job ran; its outcome is unknown. "
+                f"Last error: {error}"
+            )
+
+    def mark_host_unreachable(self, error: ExecutorError) -> None:
+        try:
+            if ExecutorHost.objects.mark_unreachable(self.job.host, str(error)):
+                logger.warning("host %s marked unhealthy: %s", self.job.host.name, error)
+        except TRANSIENT_ERRORS:
+            reset_connection()  # the recheck will find it out anyway
+
+    def explain_outage(self, verdict: Verdict, outcome: Outcome) -> Verdict:
+        """A failed exit during a host outage is most likely the outage's doing: say so."""
+        if not self.outage_seconds or verdict.status is not None or outcome.exit_code == 0:
+            return verdict
+        return Verdict(
+            JobStatus.FAILED,
+            f"container exited with code {outcome.exit_code} around an outage of host "
+            f"{self.job.host.name} (unreachable for {self.outage_seconds:.0f} s): most likely "
+            "it was stopped with its engine",
+            EXECUTOR_ERROR,
+        )
+
+    # -- the outcome -------------------------------------------------------------------
 
     def record(self, status, outcome: Outcome, error: str = "", kind: str = "") -> bool:
         """Write the attempt's outcome, and schedule a retry when one is due.
 
-        A database hiccup (a dropped connection) must not lose an outcome that the executor
-        can no longer give again, so the write is tried a few times.
+        The executor may not be able to give this outcome again, so the write outlives a
+        database restart (``DATABASE_RETRY_SECONDS``).
         """
-        for attempt in range(5):
-            try:
-                return record_outcome(self.job, status, outcome, error, kind)
-            except DatabaseError:
-                if attempt == 4:
-                    raise
-                logger.warning("job %s: database error writing outcome; retrying", self.job.pk)
-                time.sleep(0.5 * (attempt + 1))
-                close_old_connections()
-                self.job.refresh_from_db()
-        return False
+        job = self.job
+        return retry_transient(
+            lambda: record_outcome(job, status, outcome, error, kind),
+            f"job {job.pk}: recording its outcome",
+        )
 
 
 def record_outcome(job: ContainerJob, status, outcome: Outcome, error="", kind="") -> bool:
@@ -193,7 +341,9 @@ def record_outcome(job: ContainerJob, status, outcome: Outcome, error="", kind="
         error = outcome.error or f"container exited with code {outcome.exit_code}"
     elif outcome.error and outcome.error not in error:
         error = f"{error}; {outcome.error}" if error else outcome.error
+    error = storable(error)
     finished = timezone.now()
+    number = job.attempts
     retry_at = retry_time(job, status, kind)
     with transaction.atomic():
         moved = job.transition(
@@ -213,6 +363,11 @@ def record_outcome(job: ContainerJob, status, outcome: Outcome, error="", kind="
             if retry_at is not None:
                 job.transition(JobStatus.RETRYING, scheduled_for=retry_at)
     if not moved:
+        # A retry after a commit whose answer was lost: the attempt is already written.
+        if JobAttempt.objects.filter(
+            job=job, number=number, status=status, finished_at__isnull=False
+        ).exists():
+            return True
         logger.error("job %s could not be marked %s: it is %s", job.pk, status, job.status)
     elif retry_at is not None:
         logger.info("job %s %s (%s); retry at %s", job.pk, status, error, retry_at.isoformat())
@@ -239,15 +394,18 @@ def backoff_seconds(attempt: int) -> float:
     return delay * (1 - setting("RETRY_JITTER") * random.random())
 
 
-def requeue_unstarted(job: ContainerJob) -> None:
-    with transaction.atomic():
-        if job.transition(JobStatus.QUEUED, worker=None, attempts=job.attempts - 1):
-            JobAttempt.objects.filter(job=job, number=job.attempts + 1).delete()
-    logger.info("job %s: its worker was lost before starting it; queued again", job.pk)
+def give_back_claim(job: ContainerJob, why: str) -> None:
+    """Queue a launching job again without spending an attempt: nothing was started."""
 
+    def step():
+        with transaction.atomic():
+            if job.transition(JobStatus.QUEUED, worker=None, attempts=job.attempts - 1):
+                JobAttempt.objects.filter(job=job, number=job.attempts + 1).delete()
+                return True
+        return False
 
-def cancel_requested(job: ContainerJob) -> bool:
-    return ContainerJob.objects.filter(pk=job.pk, cancel_requested_at__isnull=False).exists()
+    if retry_transient(step, f"job {job.pk}: giving its claim back"):
+        logger.info("job %s queued again (%s)", job.pk, why)
 
 
 def current_attempt(job: ContainerJob):
@@ -258,3 +416,7 @@ def describe(error: Exception, stage: str) -> str:
     if isinstance(error, ExecutorError):
         return str(error)
     return f"internal error during {stage}: {type(error).__name__}: {error}"
+
+
+def _in(seconds: float) -> float:
+    return time.monotonic() + seconds

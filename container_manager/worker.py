@@ -2,8 +2,13 @@
 adopt the jobs of workers that died.
 
 Launching and harvesting are one thing here: the thread that launches a job stays with it
-until its outcome is recorded, so the loop itself never blocks on a container and never
-leaves a launched job unwatched.
+until its outcome is recorded, so the loop itself never blocks on a container. A watchdog
+makes sure of it: every job this worker holds without a live thread (a runner that ended
+early, say during a long database outage, or a claim whose commit answer was lost) is
+resumed, so no job is ever held by a live worker and watched by nobody.
+
+Unhealthy hosts get no new jobs (see ``queue.ready_jobs``); the worker checks them again,
+with a growing pause, and one check passing brings a host back.
 """
 
 import logging
@@ -12,13 +17,14 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
 from . import janitor, queue
 from .conf import setting
+from .db import TRANSIENT_ERRORS
+from .models import ExecutorHost
 from .models import Worker as WorkerRecord
 from .notify import Listener
 from .runner import Runner
@@ -27,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 # Seconds between sweeps for what finished attempts could not remove (see janitor).
 SWEEP_INTERVAL = 60.0
+# Seconds between looks for unhealthy hosts due for a check.
+RECHECK_INTERVAL = 0.5
+# Once running jobs are released (a second SIGTERM), how long their threads get to notice
+# before the worker signs off without them.
+RELEASE_WAIT_SECONDS = 5.0
 
 
 class Worker:
@@ -47,11 +58,15 @@ class Worker:
         self.stopping = threading.Event()  # no more claiming
         self.release = threading.Event()  # running jobs are let go, for another worker
         self.wake = threading.Event()  # something happened: look again now
-        self.running = {}  # future -> job
+        self.running: dict[threading.Thread, object] = {}  # runner thread -> its job
         self.record = None
         self.jobs_finished = 0
         self.stop_deadline = None
         self.sweeper = None
+        self.checker = None
+        # After a database outage, other workers' heartbeats are as stale as this one's:
+        # their jobs are not adopted until they have had time to beat again.
+        self.adopt_after = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -68,15 +83,14 @@ class Worker:
         listener = Listener(self.wake) if listen else None
         if listener:
             listener.start()
-        pool = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="cm-job")
-        self.pool = pool
         try:
             self._loop()
         finally:
             self.release.set()
-            pool.shutdown(wait=True)
-            if self.sweeper is not None:
-                self.sweeper.join(timeout=30)
+            self._join_runners()
+            for helper in (self.sweeper, self.checker):
+                if helper is not None:
+                    helper.join(timeout=RELEASE_WAIT_SECONDS)
             if listener:
                 listener.stop()
             self._sign_off()
@@ -100,7 +114,7 @@ class Worker:
     # -- the loop --------------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_heartbeat = next_sweep = 0.0
+        next_heartbeat = next_sweep = next_recheck = 0.0
         while True:
             self._reap()
             if self.stopping.is_set():
@@ -113,10 +127,14 @@ class Worker:
                 close_old_connections()
                 if time.monotonic() >= next_heartbeat:
                     self._heartbeat()
+                    self._resume_unwatched()
                     next_heartbeat = time.monotonic() + setting("HEARTBEAT_INTERVAL")
                 if time.monotonic() >= next_sweep:
                     self._sweep()
                     next_sweep = time.monotonic() + SWEEP_INTERVAL
+                if time.monotonic() >= next_recheck:
+                    self._recheck_hosts()
+                    next_recheck = time.monotonic() + RECHECK_INTERVAL
                 if not self.stopping.is_set():
                     started = self._take_work()
                     idle = not self.running and not started
@@ -127,6 +145,9 @@ class Worker:
                 # running jobs and try again at the next turn.
                 logger.warning("database error in worker loop: %s; retrying", error)
                 connections.close_all()
+                if isinstance(error, TRANSIENT_ERRORS):
+                    self.adopt_after = time.monotonic() + 2 * setting("HEARTBEAT_INTERVAL")
+                    next_heartbeat = 0.0
             self.wake.wait(self.poll_interval)
             self.wake.clear()
 
@@ -142,7 +163,9 @@ class Worker:
         """Adopt orphaned jobs first (they are already running), then claim new ones."""
         host_ids = self._host_ids()
         free = self.max_concurrent - len(self.running)
-        adopted = queue.adopt_orphans(self.record, free, host_ids)
+        adopted = []
+        if time.monotonic() >= self.adopt_after:
+            adopted = queue.adopt_orphans(self.record, free, host_ids)
         for job in adopted:
             logger.info("adopted job %s (%s) from a lost worker", job.pk, job.status)
             self._submit(Runner(job, self.release).resume, job)
@@ -153,24 +176,47 @@ class Worker:
             self._submit(Runner(job, self.release).run, job)
         return len(adopted) + len(claimed)
 
-    def _submit(self, target, job) -> None:
-        future = self.pool.submit(self._in_thread, target)
-        future.add_done_callback(lambda _f: self.wake.set())
-        self.running[future] = job
+    def _resume_unwatched(self) -> None:
+        """Resume every job this worker holds that no live runner thread follows."""
+        # Taken before the query: a thread that ends after it wrote its job's outcome must
+        # not make that job look unwatched.
+        watched = {job.pk for thread, job in self.running.items() if thread.is_alive()}
+        for job in queue.owned_jobs(self.record):
+            if job.pk not in watched:
+                logger.warning("job %s (%s) had no runner; resuming it", job.pk, job.status)
+                self._submit(Runner(job, self.release).resume, job)
 
-    @staticmethod
-    def _in_thread(target) -> None:
+    def _submit(self, target, job) -> None:
+        thread = threading.Thread(
+            target=self._in_thread, args=(target,), name=f"cm-job-{job.pk}", daemon=True
+        )
+        self.running[thread] = job
+        thread.start()
+
+    def _in_thread(self, target) -> None:
         try:
             target()
+        except Exception:  # a runner's job is resumed by the watchdog; the worker goes on
+            logger.exception("%s crashed", threading.current_thread().name)
         finally:
             connections.close_all()
+            self.wake.set()
 
     def _reap(self) -> None:
-        for future in [f for f in self.running if f.done()]:
-            job = self.running.pop(future)
+        for thread in [t for t in self.running if not t.is_alive()]:
+            self.running.pop(thread)
             self.jobs_finished += 1
-            if future.exception() is not None:
-                logger.error("job %s: runner crashed", job.pk, exc_info=future.exception())
+
+    def _join_runners(self) -> None:
+        """Wait for runner threads: all of them when stopping gracefully, a few seconds once
+        their jobs are released (they may be busy reading output; another worker re-attaches)."""
+        deadline = time.monotonic() + RELEASE_WAIT_SECONDS
+        for thread in list(self.running):
+            left = deadline - time.monotonic() if self.release.is_set() else None
+            thread.join(None if left is None else max(0.0, left))
+        self._reap()
+        if self.running:
+            logger.warning("leaving %d runner thread(s) behind", len(self.running))
 
     def _sweep(self) -> None:
         """Sweep leftovers in a thread of its own: an unreachable host may take a while."""
@@ -184,6 +230,36 @@ class Worker:
             daemon=True,
         )
         self.sweeper.start()
+
+    def _recheck_hosts(self) -> None:
+        """Check the unhealthy hosts whose time has come, in a thread of its own: an
+        unreachable host may take a while to answer, or not answer at all."""
+        if self.checker is not None and self.checker.is_alive():
+            return
+        due = [
+            host
+            for host in ExecutorHost.objects.due_for_recheck().filter(
+                pk__in=queue.active_hosts(self.host_names)
+            )
+            if ExecutorHost.objects.take_recheck(host)
+        ]
+        if not due:
+            return
+        self.checker = threading.Thread(
+            target=self._in_thread,
+            args=(lambda: [self._check(host) for host in due],),
+            name="cm-health",
+            daemon=True,
+        )
+        self.checker.start()
+
+    @staticmethod
+    def _check(host) -> None:
+        health = host.check_health()
+        if health.healthy:
+            logger.info("host %s is healthy again: %s", host.name, health.message)
+        else:
+            logger.info("host %s still unhealthy: %s", host.name, health.message)
 
     def _heartbeat(self) -> None:
         WorkerRecord.objects.filter(pk=self.record.pk).update(last_heartbeat=timezone.now())

@@ -99,6 +99,12 @@ class BaseExecutor:
     # -- hooks -------------------------------------------------------------------------
 
     def start(self, job: ContainerJob) -> str:
+        """Start the job's current attempt and return its execution id.
+
+        Idempotent per attempt: a launch may be tried again for the same attempt after one
+        whose answer was lost (the host went away mid-call), so when an execution of this
+        attempt already exists, return it rather than start a second one.
+        """
         raise NotImplementedError
 
     def status(self, execution_id: str) -> str:
@@ -120,8 +126,12 @@ class BaseExecutor:
                 return False
             time.sleep(min(self.status_poll_interval, left))
 
-    def harvest(self, execution_id: str) -> Outcome:
-        """Exit code, capped output and usage of an execution that has ended."""
+    def harvest(self, execution_id: str, deadline: float | None = None) -> Outcome:
+        """Exit code, capped output and usage of an execution that has ended.
+
+        ``deadline`` (a ``time.monotonic()`` value) bounds the time spent reading output: past
+        it, what was read so far is kept, marked as cut.
+        """
         raise NotImplementedError
 
     def stream_logs(self, execution_id: str, follow: bool = False) -> Iterator[bytes]:

@@ -6,7 +6,9 @@ Configured through the host's ``executor_config``:
 every launch fails with it).
 
 Executions live in this process's memory, so a mock execution cannot be re-attached to
-from another worker process; use Docker for that.
+from another worker process; use Docker for that. ``MockExecutor.unreachable`` holds the names
+of hosts that are "down": every call to them raises ``ExecutorUnavailable`` until the name is
+removed, and their executions go on meanwhile (tests of outages in one process).
 """
 
 import shlex
@@ -23,6 +25,7 @@ from .base import (
     RUNNING,
     BaseExecutor,
     ExecutorError,
+    ExecutorUnavailable,
     Health,
     LaunchError,
     Outcome,
@@ -45,7 +48,13 @@ class MockExecutor(BaseExecutor):
     status_poll_interval = 0.01
 
     _executions: dict[str, dict] = {}
+    _by_attempt: dict[tuple[str, int], str] = {}
     _lock = threading.Lock()
+    unreachable: set[str] = set()
+
+    def _check_reachable(self):
+        if self.host.name in self.unreachable:
+            raise ExecutorUnavailable(f"mock host '{self.host.name}' is unreachable")
 
     @classmethod
     def validate_config(cls, config):
@@ -59,10 +68,13 @@ class MockExecutor(BaseExecutor):
             raise ValidationError("mock option 'duration_seconds' cannot be negative")
 
     def start(self, job):
+        self._check_reachable()
         self.validate_config(self.config)
         if self.config.get("launch_error"):
             raise LaunchError(self.config["launch_error"])
         job.get_environment()  # as a real backend would: fails alike on a secret it cannot open
+        if existing := self.find_execution(job):
+            return existing
         execution_id = f"mock-{uuid.uuid4()}"
         default_stdout = f"mock: {shlex.join(job.command) or job.image}\n"
         with self._lock:
@@ -71,20 +83,30 @@ class MockExecutor(BaseExecutor):
                 "exit_code": self.config.get("exit_code", 0),
                 "stdout": self.config.get("stdout", default_stdout),
                 "stderr": self.config.get("stderr", ""),
+                "attempt": (str(job.pk), job.attempts),
             }
+            self._by_attempt[(str(job.pk), job.attempts)] = execution_id
         return execution_id
+
+    def find_execution(self, job):
+        self._check_reachable()
+        with self._lock:
+            execution_id = self._by_attempt.get((str(job.pk), job.attempts))
+            return execution_id if execution_id in self._executions else None
 
     def _get(self, execution_id):
         with self._lock:
             return self._executions.get(execution_id)
 
     def status(self, execution_id):
+        self._check_reachable()
         execution = self._get(execution_id)
         if execution is None:
             return NOT_FOUND
         return RUNNING if time.monotonic() < execution["ends_at"] else EXITED
 
-    def harvest(self, execution_id):
+    def harvest(self, execution_id, deadline=None):
+        self._check_reachable()
         execution = self._get(execution_id)
         if execution is None:
             raise ExecutorError(f"mock execution {execution_id} not found")
@@ -102,6 +124,7 @@ class MockExecutor(BaseExecutor):
             yield (execution["stdout"] + execution["stderr"]).encode()
 
     def stop(self, execution_id, grace_seconds):
+        self._check_reachable()
         with self._lock:
             execution = self._executions.get(execution_id)
             if execution and time.monotonic() < execution["ends_at"]:
@@ -109,8 +132,13 @@ class MockExecutor(BaseExecutor):
                 execution["exit_code"] = STOPPED_EXIT_CODE
 
     def cleanup(self, execution_id):
+        self._check_reachable()
         with self._lock:
-            self._executions.pop(execution_id, None)
+            execution = self._executions.pop(execution_id, None)
+            if execution:
+                self._by_attempt.pop(execution["attempt"], None)
 
     def health_check(self):
+        if self.host.name in self.unreachable:
+            return Health(False, f"mock host '{self.host.name}' is unreachable")
         return Health(True, "mock executor is always available")

@@ -1,0 +1,55 @@
+"""Database calls that outlive a dropped connection or a restarting server.
+
+A worker's writes (claim, running, heartbeat, outcome) meet two kinds of database error:
+transient ones (the server restarted, the connection was killed: ``OperationalError``,
+``InterfaceError``), after which the same call on a new connection succeeds, and the rest
+(constraints, bad data), which no retry fixes. Only the first kind is retried here.
+"""
+
+import logging
+import time
+
+from django.db import InterfaceError, OperationalError, connection
+
+from .conf import setting
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+
+
+def reset_connection() -> None:
+    """Drop this thread's connection so the next query opens a new one."""
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001 - closing a broken connection may fail too; it is gone
+        connection.connection = None
+
+
+def retry_transient(step, what: str, seconds: float | None = None):
+    """Call ``step()`` until it succeeds, retrying transient database errors for ``seconds``
+    (default ``DATABASE_RETRY_SECONDS``) with a growing pause; then the error is raised.
+
+    ``step`` must be safe to run again after a failure whose commit may have happened (check
+    the state it wants before writing it): a server can go away between COMMIT and its answer.
+    """
+    limit = setting("DATABASE_RETRY_SECONDS") if seconds is None else seconds
+    deadline = time.monotonic() + limit
+    pause = 0.1
+    while True:
+        try:
+            return step()
+        except TRANSIENT_ERRORS as error:
+            if connection.in_atomic_block:
+                raise  # the outermost transaction decides; it is rolled back as a whole
+            if time.monotonic() + pause > deadline:
+                logger.error("%s: database unavailable for %.0f s; giving up", what, limit)
+                raise
+            logger.warning("%s: database unavailable (%s); retrying", what, _first_line(error))
+            reset_connection()
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
