@@ -193,14 +193,44 @@ def test_non_utf8_and_nul_bytes_are_stored_safely(docker_host):
     assert job.stderr == "a\\x00b\n"
 
 
-def test_huge_output_is_capped_keeping_head_and_tail(docker_host, settings):
+def test_large_output_is_capped_keeping_head_and_tail(docker_host, settings):
     settings.CONTAINER_MANAGER = {"MAX_OUTPUT_BYTES": 10000}
-    _, outcome = run(docker_host, ["sh", "-c", "yes line | head -c 5000000; echo the-end"])
+    line = "x" * 99
+    _, outcome = run(docker_host, ["sh", "-c", f"yes {line} | head -c 300000; echo the-end"])
     assert outcome.exit_code == 0
     assert len(outcome.stdout) < 10000 + 200
-    assert outcome.stdout.startswith("line\nline\n")
+    assert outcome.stdout.startswith(f"{line}\n{line}\n")
+    assert outcome.stdout.endswith(f"{line}\nthe-end\n")
+    assert "output truncated, 290008 of 300008 bytes omitted" in outcome.stdout
+    assert "dropped" not in outcome.stdout
+
+
+def test_output_beyond_the_engines_log_limit_says_older_output_may_be_lost(
+    docker_host, docker_engine, settings
+):
+    settings.CONTAINER_MANAGER = {"MAX_OUTPUT_BYTES": 10000}
+    job = create_job(
+        TEST_IMAGE, ["sh", "-c", "yes line | head -c 5000000; echo the-end"], host=docker_host
+    )
+    executor = docker_host.get_executor()
+    execution_id = executor.launch(job)
+    try:
+        assert executor.wait(execution_id, 30)
+        outcome = executor.harvest(execution_id)
+        log_config = docker_engine.api.inspect_container(execution_id)["HostConfig"]["LogConfig"]
+    finally:
+        executor.cleanup(execution_id)
+    assert outcome.exit_code == 0
+    assert len(outcome.stdout) < 10000 + 400
+    assert outcome.stdout.startswith(
+        "[... container_manager: the engine keeps a bounded log per container (2 files of "
+        "1,048,576 bytes), so older output may have been dropped ...]\nline\nline\n"
+    )
     assert outcome.stdout.endswith("line\nthe-end\n")
-    assert "output truncated, 4990008 of 5000008 bytes omitted" in outcome.stdout
+    assert log_config == {
+        "Type": "local",
+        "Config": {"compress": "false", "max-file": "2", "max-size": "1048576"},
+    }
 
 
 def test_missing_image_with_pull_policy_never_fails_the_launch(docker_host, docker_engine):

@@ -48,7 +48,7 @@ import logging
 import math
 import os
 import threading
-import uuid
+import time
 from contextlib import closing
 from urllib.parse import quote, urlsplit
 
@@ -61,6 +61,7 @@ import urllib3.exceptions
 from django.core.exceptions import ValidationError
 
 from .. import policy
+from ..conf import setting
 from ..output import CappedOutput
 from .base import (
     EXITED,
@@ -96,6 +97,10 @@ ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException, OSErr
 # Log frames' stream numbers, and how much of a log is read at a time.
 STDOUT, STDERR = 1, 2
 READ_BLOCK = 256 * 1024
+# Log files the engine keeps per container (see log_config), and at most how many bytes the
+# local driver adds to each entry (line) it stores: length prefix and suffix, stream, time.
+LOG_FILES = 2
+LOG_ENTRY_OVERHEAD = 40
 
 
 def _check_timeout(value):
@@ -116,6 +121,28 @@ CONFIG_CHECKS = {
     "network": (lambda v: isinstance(v, str) and v.strip() != "", "must be a non-empty string"),
     "timeout": (_check_timeout, "must be a number of seconds greater than 0"),
 }
+
+
+def log_config() -> docker.types.LogConfig:
+    """An engine-side bound on a container's log, so a chatty job cannot fill the engine's disk.
+
+    The engine's ``local`` driver (raw bytes, a few dozen bytes of framing per line, unlike
+    json-file's escaping) keeps at most two files of four times ``MAX_OUTPUT_BYTES``: room for
+    what is kept of both streams, and a bound on what harvesting reads. Beyond that the engine
+    drops the oldest output, and the harvested output says it may have.
+    """
+    return docker.types.LogConfig(
+        type="local",
+        config={
+            "max-size": str(log_file_bytes()),
+            "max-file": str(LOG_FILES),
+            "compress": "false",
+        },
+    )
+
+
+def log_file_bytes() -> int:
+    return max(4 * setting("MAX_OUTPUT_BYTES"), MIB)
 
 
 def confinement_options(job, network: str | None = None) -> dict:
@@ -474,9 +501,11 @@ class DockerExecutor(BaseExecutor):
             "environment": job.get_environment(),
             "working_dir": job.working_dir or None,
             "labels": labels,
-            # Unique even when an attempt number is reused after a crash.
-            "name": f"cm-{str(job.pk)[:8]}-{job.attempts}-{uuid.uuid4().hex[:6]}",
+            # One name per attempt: the engine refuses a second container of the same
+            # attempt, which makes a launch tried again after a lost answer idempotent.
+            "name": f"cm-{job.pk}-{job.attempts}",
             "auto_remove": self.config.get("auto_remove", False),
+            "log_config": log_config(),
         }
         if job.memory_limit:
             # Swap limit equal to the memory limit: over the limit means killed, not swapped.
@@ -486,15 +515,17 @@ class DockerExecutor(BaseExecutor):
         options.update(confinement_options(job, self.config.get("network")))
         try:
             container = client.containers.create(job.image, **options)
-        except docker.errors.ImageNotFound as error:
-            raise LaunchError(
-                f"image '{job.image}' is not present on Docker host '{self.host.name}' "
-                f"({error.explanation})"
-            ) from error
+        except docker.errors.APIError as error:
+            if error.status_code != 409:
+                raise self._launch_error(error, job) from error
+            # This attempt has a container already: an earlier launch's answer was lost.
+            if existing := self.find_execution(job):
+                logger.info("job %s: attempt %s runs already", job.pk, job.attempts)
+                self._start_sampler(existing)
+                return existing
+            container = self._create(job, options)  # find_execution removed an unstarted one
         except ENGINE_ERRORS as error:
-            raise self._error(
-                error, f"creating a container from '{job.image}'", LaunchError
-            ) from error
+            raise self._launch_error(error, job) from error
         try:
             container.start()
         except ENGINE_ERRORS as error:
@@ -510,6 +541,20 @@ class DockerExecutor(BaseExecutor):
             raise translated from error
         self._start_sampler(container.id)
         return container.id
+
+    def _create(self, job, options):
+        try:
+            return self.client.containers.create(job.image, **options)
+        except ENGINE_ERRORS as error:
+            raise self._launch_error(error, job) from error
+
+    def _launch_error(self, error, job):
+        if isinstance(error, docker.errors.ImageNotFound):
+            return LaunchError(
+                f"image '{job.image}' is not present on Docker host '{self.host.name}' "
+                f"({error.explanation})"
+            )
+        return self._error(error, f"creating a container from '{job.image}'", LaunchError)
 
     def find_execution(self, job):
         """The container started for the job's current attempt, found by its labels.
@@ -624,7 +669,7 @@ class DockerExecutor(BaseExecutor):
                 self._exit_codes[execution_id] = result["StatusCode"]
         return True
 
-    def harvest(self, execution_id):
+    def harvest(self, execution_id, deadline=None):
         attrs = self._inspect(execution_id, f"inspecting container {execution_id[:12]}")
         with self._state_lock:
             sampler = self._samplers.get(execution_id)
@@ -680,7 +725,9 @@ class DockerExecutor(BaseExecutor):
         if state.get("Error"):
             errors.append(f"Docker reported: {state['Error']}")
         try:
-            stdout, stderr = self._read_output(execution_id, tty=attrs["Config"].get("Tty"))
+            stdout, stderr = self._read_output(
+                execution_id, tty=attrs["Config"].get("Tty"), deadline=deadline
+            )
         except docker.errors.NotFound:
             if not auto_removed:
                 raise gone from None
@@ -701,30 +748,47 @@ class DockerExecutor(BaseExecutor):
             **usage,
         )
 
-    def _read_output(self, execution_id, tty=False):
+    def _read_output(self, execution_id, tty=False, deadline=None):
         """stdout and stderr from one logs request, each kept within the output cap.
 
         The engine sends a frame (8-byte header, then the bytes) per line written, and reads
         its whole log file for every request: so both streams are read at once, in large
-        blocks, and split here by each frame's stream byte. Nothing is held beyond the caps.
+        blocks, and split here by each frame's stream byte. Nothing is held beyond the caps,
+        and reading stops at ``deadline`` (what was read is kept, marked as cut).
         """
         api = self.api
         url = f"{api.base_url}/v{api.api_version}/containers/{quote(execution_id, safe='')}/logs"
+        read_timeout = api.timeout
+        if deadline is not None:
+            read_timeout = max(1.0, min(read_timeout, deadline - time.monotonic()))
         response = api.get(
-            url, params={"stdout": 1, "stderr": 1, "follow": 0}, stream=True, timeout=api.timeout
+            url,
+            params={"stdout": 1, "stderr": 1, "follow": 0},
+            stream=True,
+            timeout=(api.timeout, read_timeout),
         )
         outputs = {STDOUT: CappedOutput(), STDERR: CappedOutput()}
+
+        def blocks():
+            while block := response.raw.read(READ_BLOCK):
+                yield block
+                if deadline is not None and time.monotonic() > deadline:
+                    for output in outputs.values():
+                        output.cut_short("reading it took longer than the job's time allowed")
+                    return
+
         with closing(response):
             try:
                 response.raise_for_status()
             except requests.HTTPError as error:
                 docker.errors.create_api_error_from_http_exception(error)
             if tty:  # one raw stream, no frames
-                while block := response.raw.read(READ_BLOCK):
+                for block in blocks():
                     outputs[STDOUT].feed(block)
                 return outputs[STDOUT], outputs[STDERR]
             pending = bytearray()
-            while block := response.raw.read(READ_BLOCK):
+            entries = 0
+            for block in blocks():
                 pending += block
                 parts = {STDOUT: [], STDERR: []}
                 position, available = 0, len(pending)
@@ -736,11 +800,30 @@ class DockerExecutor(BaseExecutor):
                     stream = STDERR if pending[position] == STDERR else STDOUT
                     parts[stream].append(pending[position + 8 : end])
                     position = end
+                    entries += 1
                 del pending[:position]
                 for stream, chunks in parts.items():
                     if chunks:
                         outputs[stream].feed(b"".join(chunks))
+        if self._may_have_rotated(outputs, entries):
+            for output in outputs.values():
+                if output.total:
+                    output.lost_before(
+                        "the engine keeps a bounded log per container "
+                        f"({LOG_FILES} files of {log_file_bytes():,} bytes), so older output "
+                        "may have been dropped"
+                    )
         return outputs[STDOUT], outputs[STDERR]
+
+    @staticmethod
+    def _may_have_rotated(outputs, entries) -> bool:
+        """Whether the engine may have dropped the oldest part of this log.
+
+        It only drops once a log file has filled up, so a log that cannot have filled one
+        (at a generous estimate of the engine's bytes per entry) is whole.
+        """
+        held = sum(output.total for output in outputs.values()) + entries * LOG_ENTRY_OVERHEAD
+        return held >= log_file_bytes()
 
     def stream_logs(self, execution_id, follow=False):
         try:

@@ -1,0 +1,200 @@
+"""Real workers on a private Docker engine broken on purpose: stopped under a backlog and
+started again, flooded with output, and a worker told twice to stop.
+
+The engine is a private one (tests/engines.py), never the shared engine other tests use.
+"""
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection  # noqa: F401 - read by the skipif condition
+from django.db.models import Count
+
+from container_manager.api import create_job
+from container_manager.models import ContainerJob, ExecutorHost
+
+from .conftest import TEST_IMAGE
+from .engines import PrivateEngine, require_dockerd
+from .test_queue_processes import wait_until
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.django_db(transaction=True),
+    # Minutes of real outages: once per run is enough, on the database production uses.
+    pytest.mark.skipif(
+        "connection.vendor != 'postgresql'", reason="runs in the PostgreSQL pass only"
+    ),
+]
+
+MIB = 1024 * 1024
+FAST = {
+    "HEARTBEAT_INTERVAL": 0.5,
+    "WORKER_TIMEOUT": 3,
+    "CANCEL_CHECK_INTERVAL": 0.2,
+    "STOP_GRACE_SECONDS": 1,
+    "RETRY_BACKOFF_BASE": 1.0,
+    "HEALTH_RECHECK_BASE": 0.5,
+    "HEALTH_RECHECK_MAX": 2.0,
+}
+
+
+@pytest.fixture
+def engine(docker_engine):
+    require_dockerd()
+    engine = PrivateEngine(extra_args=["--shutdown-timeout=1"])
+    try:
+        engine.start()
+        engine.load_test_image(docker_engine)
+        yield engine
+    finally:
+        engine.destroy()
+
+
+@pytest.fixture
+def host(engine):
+    return ExecutorHost.objects.create(
+        name="private-engine",
+        executor_type="docker",
+        connection_string=engine.url,
+        executor_config={"pull_policy": "never"},
+        max_concurrent_jobs=6,
+    )
+
+
+def start_worker(worker_processes, host, *args, settings=None):
+    return worker_processes.start(
+        "--poll-interval",
+        "0.1",
+        "--host",
+        host.name,
+        *args,
+        env={"CONTAINER_MANAGER_SETTINGS": json.dumps({**FAST, **(settings or {})})},
+    )
+
+
+def statuses():
+    return dict(ContainerJob.objects.values_list("status").annotate(n=Count("pk")))
+
+
+def test_engine_stopped_for_20_s_under_a_backlog_holds_it(engine, host, worker_processes):
+    # Six that run first and long enough for the engine's own shutdown to kill them (it stops
+    # containers with a 10 s grace), then a backlog of short ones.
+    jobs = [
+        create_job(
+            TEST_IMAGE,
+            ["sh", "-c", f"sleep {15 if i < 6 else 1}; echo done-{i}"],
+            host=host,
+            max_attempts=3,
+            priority=1 if i < 6 else 0,
+        )
+        for i in range(24)
+    ]
+    worker = start_worker(worker_processes, host, "--max-concurrent", "8")
+    assert wait_until(lambda: statuses().get("running") == 6, 30), worker_processes.logs()
+    running = set(ContainerJob.objects.filter(status="running").values_list("pk", flat=True))
+    assert running == {job.pk for job in jobs[:6]}
+
+    engine.stop()
+    time.sleep(20)
+    # Nothing was failed or spent meanwhile: the running jobs are followed through the outage,
+    # the queued ones wait for the host to be healthy again.
+    assert statuses() == {"running": 6, "queued": 18}, worker_processes.logs()
+    assert ExecutorHost.objects.get(pk=host.pk).health_status == "unhealthy"
+    engine.start()
+
+    assert wait_until(lambda: statuses() == {"completed": 24}, 120), (
+        statuses(),
+        worker_processes.logs()[-6000:],
+    )
+    for job in jobs:
+        job.refresh_from_db()
+        assert job.stdout.endswith(f"done-{jobs.index(job)}\n")
+        if job.pk in running:
+            # Killed with its engine: the first attempt says so, and a retry completed it.
+            first = job.attempt_set.get(number=1)
+            assert first.status == "failed"
+            assert "around an outage of host private-engine" in first.error, first.error
+            assert job.attempts == 2
+        else:
+            assert job.attempts == 1, (job.pk, list(job.attempt_set.values()))
+    assert ExecutorHost.objects.get(pk=host.pk).health_status == "healthy"
+    assert worker.poll() is None, "the worker died"
+
+
+def test_output_flood_ends_within_its_timeout_with_bounded_memory_and_disk(
+    engine, host, worker_processes
+):
+    job = create_job(
+        TEST_IMAGE, ["sh", "-c", "yes | head -c 300000000"], host=host, timeout_seconds=30
+    )
+    worker = start_worker(
+        worker_processes, host, "--until-idle", settings={"STOP_GRACE_SECONDS": 2}
+    )
+    assert wait_until(lambda: ContainerJob.objects.get(pk=job.pk).status == "running", 30)
+    running_since = time.monotonic()
+    job.refresh_from_db()
+    log_dir = Path(engine.root) / "data" / "containers" / job.execution_id
+    largest_log = peak_rss = 0
+    while worker.poll() is None and time.monotonic() - running_since < 90:
+        largest_log = max(largest_log, directory_bytes(log_dir / "local-logs"))
+        peak_rss = max(peak_rss, peak_rss_bytes(worker.pid))
+        time.sleep(0.2)
+    ended_after = time.monotonic() - running_since
+    assert worker.wait(5) == 0, worker_processes.logs()
+
+    job.refresh_from_db()
+    assert job.status in ("completed", "timed_out"), (job.status, job.last_error)
+    # The timeout (30 s), the stop grace (2 s), and a little for harvesting and recording.
+    assert ended_after < 30 + 2 + 5, ended_after
+    # Two log files of at most 4 x MAX_OUTPUT_BYTES (1 MB) each, and never the 300 MB.
+    assert largest_log <= 2 * 4_000_000 + 64 * 1024, largest_log
+    assert len(job.stdout) < 1_000_000 + 1000
+    assert "older output may have been dropped" in job.stdout
+    print(
+        f"300 MB job: {job.status} after {ended_after:.1f} s; largest log {largest_log} B; "
+        f"worker peak RSS {peak_rss / MIB:.0f} MiB"
+    )
+    assert peak_rss < 150 * MIB, peak_rss
+
+
+def test_a_second_sigterm_releases_running_jobs_at_once(engine, host, worker_processes):
+    job = create_job(TEST_IMAGE, ["sh", "-c", "sleep 6; echo done"], host=host)
+    first = start_worker(worker_processes, host, settings={"SHUTDOWN_GRACE_SECONDS": 600})
+    assert wait_until(lambda: ContainerJob.objects.get(pk=job.pk).status == "running", 30)
+    execution_id = ContainerJob.objects.get(pk=job.pk).execution_id
+    first.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    asked = time.monotonic()
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(10) == 0, worker_processes.logs()
+    assert time.monotonic() - asked < 5
+    job.refresh_from_db()
+    assert (job.status, job.worker) == ("running", None)
+
+    second = start_worker(worker_processes, host, "--until-idle")
+    assert second.wait(60) == 0, worker_processes.logs()
+    job.refresh_from_db()
+    assert (job.status, job.stdout, job.execution_id) == ("completed", "done\n", execution_id)
+    assert job.attempt_set.count() == 1
+
+
+def directory_bytes(path: Path) -> int:
+    try:
+        return sum(f.stat().st_size for f in path.iterdir())
+    except OSError:
+        return 0
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """A process's peak resident memory so far (VmHWM), or 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
