@@ -2,11 +2,11 @@
 errors injected into a runner's writes, a runner thread killed by a fault. The same failures
 against real services are in test_database_outage (PostgreSQL) and test_docker_faults."""
 
-import threading
 import time
+from contextlib import contextmanager
 
 import pytest
-from django.db import OperationalError, connections
+from django.db import OperationalError
 from django.test import override_settings
 
 from container_manager import runner as runner_module
@@ -17,6 +17,7 @@ from container_manager.runner import Runner
 from container_manager.worker import Worker
 
 from .test_queue_processes import wait_until
+from .test_worker import in_thread
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,24 +41,17 @@ def mock_host(name="mock", **config):
     return ExecutorHost.objects.create(name=name, executor_type="mock", executor_config=config)
 
 
-def start_worker(**kwargs):
-    worker = Worker(poll_interval=0.02, **kwargs)
-
-    def target():
-        try:
-            worker.run()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    return worker, thread
-
-
-def stop(worker, thread):
-    worker.request_stop()
-    thread.join(20)
-    assert not thread.is_alive()
+@contextmanager
+def running_worker():
+    """A worker in a thread of this process, stopped (gracefully) when the block ends."""
+    worker = Worker(poll_interval=0.02)
+    thread = in_thread(worker)
+    try:
+        yield worker
+    finally:
+        worker.request_stop()
+        thread.join(20)
+        assert not thread.is_alive()
 
 
 def status_of(job):
@@ -68,8 +62,7 @@ def test_a_launch_that_reaches_nothing_gives_the_claim_back_and_waits_for_the_ho
     host = mock_host()
     MockExecutor.unreachable.add(host.name)
     job = create_job("img", ["x"], host=host, max_attempts=1)
-    worker, thread = start_worker()
-    try:
+    with running_worker():
         assert wait_until(
             lambda: ExecutorHost.objects.get(pk=host.pk).health_status == "unhealthy", 5
         )
@@ -82,8 +75,6 @@ def test_a_launch_that_reaches_nothing_gives_the_claim_back_and_waits_for_the_ho
 
         MockExecutor.unreachable.discard(host.name)
         assert wait_until(lambda: status_of(job) == "completed", 5)
-    finally:
-        stop(worker, thread)
     job.refresh_from_db()
     assert job.attempts == 1
     assert ExecutorHost.objects.get(pk=host.pk).health_status == "healthy"
@@ -92,8 +83,7 @@ def test_a_launch_that_reaches_nothing_gives_the_claim_back_and_waits_for_the_ho
 def test_a_running_job_is_followed_through_an_outage_shorter_than_the_grace():
     host = mock_host(duration_seconds=0.5)
     job = create_job("img", ["x"], host=host)
-    worker, thread = start_worker()
-    try:
+    with running_worker():
         assert wait_until(lambda: status_of(job) == "running", 5)
         MockExecutor.unreachable.add(host.name)
         assert wait_until(
@@ -103,8 +93,6 @@ def test_a_running_job_is_followed_through_an_outage_shorter_than_the_grace():
         assert status_of(job) == "running"
         MockExecutor.unreachable.discard(host.name)
         assert wait_until(lambda: status_of(job) == "completed", 5)
-    finally:
-        stop(worker, thread)
     job.refresh_from_db()
     assert (job.exit_code, job.attempts, job.last_error) == (0, 1, "")
 
@@ -113,13 +101,10 @@ def test_past_the_outage_grace_the_attempt_fails_saying_why(settings):
     settings.CONTAINER_MANAGER = {**FAST, "ENGINE_OUTAGE_GRACE": 0.5}
     host = mock_host(duration_seconds=5)
     job = create_job("img", ["x"], host=host)
-    worker, thread = start_worker()
-    try:
+    with running_worker():
         assert wait_until(lambda: status_of(job) == "running", 5)
         MockExecutor.unreachable.add(host.name)
         assert wait_until(lambda: status_of(job) == "failed", 10)
-    finally:
-        stop(worker, thread)
     job.refresh_from_db()
     assert job.last_error.startswith(
         "host mock was unreachable for more than 0.5 s (ENGINE_OUTAGE_GRACE) while this job "
@@ -141,11 +126,8 @@ def test_a_runner_killed_by_a_fault_gets_its_job_back(monkeypatch):
         return follow(self, executor, execution_id)
 
     monkeypatch.setattr(Runner, "follow", crash_once)
-    worker, thread = start_worker()
-    try:
+    with running_worker():
         assert wait_until(lambda: status_of(job) == "completed", 10)
-    finally:
-        stop(worker, thread)
     job.refresh_from_db()
     # Resumed, not launched again: the execution the crashed runner started is the one.
     assert faults == [job.execution_id]
@@ -167,11 +149,8 @@ def test_a_claim_without_a_runner_is_resumed_and_nothing_is_started_twice(monkey
 
     # The first runner dies before launching, as if the database went away for good.
     monkeypatch.setattr(Runner, "run", lost_once)
-    worker, thread = start_worker()
-    try:
+    with running_worker():
         assert wait_until(lambda: status_of(job) == "completed", 10)
-    finally:
-        stop(worker, thread)
     job.refresh_from_db()
     # Given back by the watchdog without spending an attempt, then claimed and run once.
     assert crashes == [job.pk]
@@ -194,11 +173,8 @@ def test_writes_of_an_attempt_outlive_transient_database_errors(monkeypatch):
         return transition(self, new_status, **fields)
 
     monkeypatch.setattr(ContainerJob, "transition", flaky)
-    worker, thread = start_worker()
-    try:
+    with running_worker():
         assert wait_until(lambda: status_of(job) == "completed", 10)
-    finally:
-        stop(worker, thread)
     job.refresh_from_db()
     assert (job.attempts, job.attempt_set.get().status) == (1, "completed")
 
@@ -219,14 +195,11 @@ def test_an_outcome_whose_commit_answer_was_lost_is_not_written_twice(mock_host)
 def test_a_job_taken_over_by_another_worker_is_no_longer_followed():
     host = mock_host(duration_seconds=30)
     job = create_job("img", ["x"], host=host)
-    worker, thread = start_worker()
-    try:
+    with running_worker() as worker:
         assert wait_until(lambda: status_of(job) == "running", 5)
         other = type(worker.record).objects.create(hostname="elsewhere", pid=1)
         ContainerJob.objects.filter(pk=job.pk).update(worker=other)
         assert wait_until(lambda: not worker.running, 5)
-    finally:
-        stop(worker, thread)
     assert status_of(job) == "running"
 
 
