@@ -15,8 +15,10 @@ from django.utils import timezone
 
 from . import envfile, fields, limits, policy, secrets
 from .conf import setting
-from .executors import get_executor_class, validate_executor_type
+from .exceptions import ExecutorError
+from .executors import Health, get_executor_class, validate_executor_type
 from .output import storable
+from .spec import HostSpec
 from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transition
 
 
@@ -151,7 +153,7 @@ class ExecutorHost(models.Model):
                 except ValidationError as error:
                     errors["executor_config"] = error.messages
             try:
-                executor_class.validate_host(self)  # e.g. Docker: the remote-engine rule
+                executor_class.validate_host(self.spec())  # e.g. Docker: the remote-engine rule
             except ValidationError as error:
                 errors = error.update_error_dict(errors)
         if errors:
@@ -164,12 +166,25 @@ class ExecutorHost(models.Model):
         except KeyError:
             validate_executor_type(self.executor_type)
             raise
-        return cls(self)
+        return cls(self.spec())
+
+    def spec(self) -> HostSpec:
+        """This host as executors see it: plain values, no model."""
+        return HostSpec(
+            name=self.name,
+            executor_type=self.executor_type,
+            connection_string=self.connection_string,
+            tls_verify=self.tls_verify,
+            tls_ca_cert=self.tls_ca_cert,
+            tls_client_cert=self.tls_client_cert,
+            tls_client_key=self.tls_client_key,
+            allow_insecure=self.allow_insecure,
+            config=self.executor_config if isinstance(self.executor_config, dict) else {},
+            labels=self.labels if isinstance(self.labels, dict) else {},
+        )
 
     def check_health(self):
         """Ask the backend whether it can run jobs, and remember the answer."""
-        from .executors import ExecutorError, Health
-
         try:
             health = self.get_executor().health_check()
         except (ExecutorError, ValidationError) as error:

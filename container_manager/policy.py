@@ -24,14 +24,12 @@ from typing import TYPE_CHECKING
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from .conf import setting
+from .exceptions import PolicyViolation
 from .fields import json_depth_error, short_repr
+from .spec import Confinement, Mount
 
 if TYPE_CHECKING:
     from .models import ContainerJob, ExecutorHost
-
-
-class PolicyViolation(ValidationError):
-    """A job asks for something the container policy does not allow ({field: message})."""
 
 
 RUN_AS_USER = re.compile(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$")
@@ -478,34 +476,6 @@ def refusal(error: ValidationError) -> str:
 
 
 # -- what an executor sets up ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mount:
-    source: str
-    target: str
-    read_only: bool
-
-
-@dataclass(frozen=True)
-class Confinement:
-    """How one job's container is confined, whatever runs it.
-
-    Always: every capability dropped but ``add_capabilities``, no privilege gained through
-    setuid binaries or file capabilities (no-new-privileges), at most ``pids_limit``
-    processes. The rest is what the job asked for and the policy allowed.
-    """
-
-    user: str | None
-    read_only_root: bool
-    privileged: bool
-    host_network: bool
-    host_pid: bool
-    add_capabilities: tuple[str, ...]
-    pids_limit: int
-    mounts: tuple[Mount, ...]
-    drop_capabilities: tuple[str, ...] = ("ALL",)
-    no_new_privileges: bool = True
 
 
 def confinement(job: ContainerJob) -> Confinement:

@@ -3,6 +3,7 @@
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Q
 
+from .models import ExecutorHost
 from .states import ACTIVE
 
 
@@ -11,8 +12,6 @@ def choose_host(hosts=None):
 
     Raises ValidationError on ``host`` when no active host exists.
     """
-    from .models import ExecutorHost
-
     hosts = (hosts if hosts is not None else ExecutorHost.objects.all()).filter(is_active=True)
     hosts = hosts.annotate(load=Count("jobs", filter=Q(jobs__status__in=ACTIVE)))
     best = max(

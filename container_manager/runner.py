@@ -25,8 +25,9 @@ from django.utils import timezone
 from . import policy
 from .conf import setting
 from .db import TRANSIENT_ERRORS, reset_connection, retry_transient
-from .executors import ExecutorError, ExecutorUnavailable, Outcome
-from .executors.base import NOT_FOUND
+from .exceptions import ExecutorError, ExecutorUnavailable, PolicyViolation
+from .executors.base import NOT_FOUND, Outcome
+from .launching import launch
 from .models import ContainerJob, ExecutorHost, JobAttempt
 from .output import storable
 from .states import ACTIVE, JobStatus
@@ -87,10 +88,10 @@ class Runner:
         try:
             executor = job.host.get_executor()
             # Checks the policy again: it may have changed since the job was made.
-            execution_id = executor.launch(job)
+            execution_id = launch(job, executor)
         except TRANSIENT_ERRORS:
             raise  # nothing recorded: the worker's watchdog resumes the job
-        except policy.PolicyViolation as error:
+        except PolicyViolation as error:
             self.record(JobStatus.FAILED, Outcome(None), policy.refusal(error), POLICY)
             return
         except ExecutorUnavailable as error:
@@ -116,7 +117,7 @@ class Runner:
             execution_id = job.execution_id
             if job.status == JobStatus.LAUNCHING:
                 try:
-                    execution_id = executor.find_execution(job)
+                    execution_id = executor.find_execution(str(job.pk), job.attempts)
                 except ExecutorUnavailable as error:
                     # Launches are idempotent per attempt (see BaseExecutor.start): should
                     # something have started, the next launch of this attempt finds it.

@@ -7,7 +7,7 @@ live in the existing JSON ``environment_overrides`` and in a template's ``KEY=va
 without any schema change.
 
 Keys: ``ENCRYPTION_KEYS`` (Fernet keys) through ``MultiFernet``: the first key encrypts,
-every key decrypts. Rotation: put a new key first, then ``reencrypt_all()`` (the command
+every key decrypts. Rotation: put a new key first, then ``rotation.reencrypt_all()`` (the command
 ``container_jobs_rotate_secrets``), then drop the old key. With no ``ENCRYPTION_KEYS`` the key
 is derived from Django's ``SECRET_KEY`` (HKDF-SHA256 over a fixed label), and from each of
 ``SECRET_KEY_FALLBACKS`` for decryption, so Django's own way of changing ``SECRET_KEY``
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import fnmatch
-from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
@@ -31,15 +30,12 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .conf import setting
 from .envfile import split_line
+from .exceptions import SecretError
 
 PREFIX = "cmsecret:v1:"
 MASK = "••••••"
 # HKDF's "info": binds a derived key to this use of SECRET_KEY and to this format version.
 DERIVATION_LABEL = b"container_manager secrets at rest v1"
-
-
-class SecretError(Exception):
-    """A sealed value that cannot be unsealed. The message names the variable, never a value."""
 
 
 # -- which values are secret ---------------------------------------------------------------
@@ -315,107 +311,3 @@ def reseal_env_text(text: str) -> tuple[str, int, list[str]]:
         return new
 
     return map_env_text(text, change), count, failed
-
-
-# -- re-encrypting everything ------------------------------------------------------------
-
-
-@dataclass
-class ReencryptResult:
-    jobs: int = 0  # jobs whose stored environment was rewritten
-    templates: int = 0
-    values: int = 0  # secret values re-encrypted (or sealed, if they were stored in clear)
-    failed: list[str] = field(default_factory=list)  # "job <id>: NAME", "template <name>: NAME"
-
-
-def reencrypt_all(batch_size: int = 500) -> ReencryptResult:
-    """Re-encrypt every stored secret with the first key; seal any secret still in clear.
-
-    Run after putting a new key first in ``ENCRYPTION_KEYS``; the old key can be dropped once
-    this reports no failures. Values no configured key opens are left as they are and
-    listed in ``failed`` (variable names only).
-    """
-    from .models import ContainerJob, EnvironmentVariableTemplate
-
-    result = ReencryptResult()
-    templates = EnvironmentVariableTemplate.objects.exclude(environment_variables="")
-    for template in templates.only("pk", "name", "environment_variables").iterator(batch_size):
-        text, count, failed = reseal_env_text(template.environment_variables)
-        result.failed += [f"template {template.name}: {name}" for name in failed]
-        if count:
-            EnvironmentVariableTemplate.objects.filter(pk=template.pk).update(
-                environment_variables=text
-            )
-            result.templates += 1
-            result.values += count
-
-    jobs = ContainerJob.objects.exclude(environment_overrides={})
-    for pk, env in jobs.values_list("pk", "environment_overrides").iterator(batch_size):
-        if not isinstance(env, dict):
-            continue
-        new, count = {}, 0
-        for key, value in env.items():
-            if isinstance(value, str) and is_secret(key, value):
-                try:
-                    value = reseal(value, key)
-                    count += 1
-                except SecretError:
-                    result.failed.append(f"job {pk}: {key}")
-            new[key] = value
-        if count:
-            # A plain UPDATE of this one column: a job's status and outcome are not touched.
-            ContainerJob.objects.filter(pk=pk).update(environment_overrides=new)
-            result.jobs += 1
-            result.values += count
-    return result
-
-
-# -- errors ------------------------------------------------------------------------------
-
-
-def _chain(error: BaseException):
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
-
-
-def scrub_error(error: Exception, job) -> Exception:
-    """``error`` without the clear values of ``job``'s secrets, to raise instead of it.
-
-    A backend may quote what it rejected (Docker: ``invalid environment variable: =...``).
-    Such values are replaced by ``MASK`` in the message and the chained errors that carried
-    them are dropped; an error whose text cannot be cleaned is replaced by one that says so.
-    """
-    try:
-        clear = job.get_environment()
-        shown = job.get_environment_display()
-    except Exception:  # noqa: BLE001 - an undecryptable secret cannot be in any message
-        return error
-    values = sorted(
-        {clear[key] for key, value in shown.items() if value == MASK and clear.get(key)},
-        key=len,
-        reverse=True,
-    )
-    if not values or not any(
-        value in str(link) or value in repr(link.args) for link in _chain(error) for value in values
-    ):
-        return error
-
-    def scrub(text):
-        for value in values:
-            text = text.replace(value, MASK)
-        return text
-
-    error.args = tuple(scrub(arg) if isinstance(arg, str) else arg for arg in error.args)
-    error.__cause__ = error.__context__ = None
-    error.__suppress_context__ = True
-    if any(value in str(error) for value in values):
-        from .executors.base import LaunchError
-
-        return LaunchError(
-            f"launching failed with {type(error).__name__}; its message quoted a secret value "
-            "of the job's environment and is not shown"
-        )
-    return error

@@ -6,6 +6,8 @@ All status changes go through ``check_transition`` (called by ``ContainerJob.sav
 
 from django.db import models
 
+from .exceptions import ContainerManagerError
+
 
 class JobStatus(models.TextChoices):
     PENDING = "pending", "Pending"
@@ -42,7 +44,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
-class InvalidTransition(ValueError):
+class InvalidTransition(ContainerManagerError, ValueError):
     def __init__(self, old: str, new: str):
         old, new = str(old), str(new)
         allowed = ", ".join(sorted(map(str, TRANSITIONS.get(old, ())))) or "none"

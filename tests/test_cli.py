@@ -19,6 +19,7 @@ from django.utils import timezone
 from container_manager import api
 from container_manager.executors import BaseExecutor, ExecutorUnavailable
 from container_manager.executors.mock import MockExecutor
+from container_manager.launching import launch
 from container_manager.models import (
     ContainerJob,
     EnvironmentVariableTemplate,
@@ -426,7 +427,7 @@ def test_logs_rejects_conflicting_options(finished_job):
 
 
 def launch_and_run(job):
-    execution_id = job.host.get_executor().launch(job)
+    execution_id = launch(job, job.host.get_executor())
     make_running(job, execution_id=execution_id)
     return execution_id
 

@@ -20,6 +20,7 @@ from container_manager.api import create_job
 from container_manager.executors import ExecutorError, ExecutorUnavailable, LaunchError
 from container_manager.executors.base import EXITED, NOT_FOUND, RUNNING
 from container_manager.executors.docker import DockerExecutor
+from container_manager.launching import launch
 from container_manager.models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
 
 from .conftest import TEST_IMAGE
@@ -57,7 +58,7 @@ def run(host, command, **fields):
     """Launch a job on ``host``, wait for it, harvest it and clean up: (job, outcome)."""
     job = create_job(TEST_IMAGE, command, host=host, **fields)
     executor = host.get_executor()
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
     try:
         assert executor.wait(execution_id, 30)
         return job, executor.harvest(execution_id)
@@ -89,7 +90,7 @@ def test_launch_records_the_container_id_and_labels_the_container(docker_host, d
     job = create_job(TEST_IMAGE, ["true"], host=docker_host)
     job.attempts = 2
     executor = docker_host.get_executor()
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
     try:
         assert job.execution_id == execution_id
         container = docker_engine.containers.get(execution_id)
@@ -134,7 +135,7 @@ def test_working_dir_is_used(docker_host):
 def test_memory_and_cpu_limits_are_set_on_the_container(docker_host, docker_engine):
     job = create_job(TEST_IMAGE, ["true"], host=docker_host, memory_limit=64, cpu_limit=0.5)
     executor = docker_host.get_executor()
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
     try:
         host_config = docker_engine.api.inspect_container(execution_id)["HostConfig"]
         assert host_config["Memory"] == 64 * MIB
@@ -213,7 +214,7 @@ def test_output_beyond_the_engines_log_limit_says_older_output_may_be_lost(
         TEST_IMAGE, ["sh", "-c", "yes line | head -c 5000000; echo the-end"], host=docker_host
     )
     executor = docker_host.get_executor()
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
     try:
         assert executor.wait(execution_id, 30)
         outcome = executor.harvest(execution_id)
@@ -236,7 +237,7 @@ def test_output_beyond_the_engines_log_limit_says_older_output_may_be_lost(
 def test_missing_image_with_pull_policy_never_fails_the_launch(docker_host, docker_engine):
     job = create_job("local/no-such-image:1", ["true"], host=docker_host)
     with pytest.raises(LaunchError) as raised:
-        docker_host.get_executor().launch(job)
+        launch(job, docker_host.get_executor())
     assert str(raised.value) == (
         "image 'local/no-such-image:1' is not present on host 'docker-local' "
         "and pull_policy is 'never'"
@@ -249,7 +250,7 @@ def test_missing_image_that_cannot_be_pulled_fails_the_launch(docker_host, docke
     docker_host.save()
     job = create_job("local/no-such-image:1", ["true"], host=docker_host)
     with pytest.raises(LaunchError) as raised:
-        docker_host.get_executor().launch(job)
+        launch(job, docker_host.get_executor())
     message = str(raised.value)
     assert message.startswith(
         "image 'local/no-such-image:1' is not present on host 'docker-local' "
@@ -263,7 +264,7 @@ def test_a_command_that_cannot_start_fails_the_launch_and_leaves_nothing(
 ):
     job = create_job(TEST_IMAGE, ["/no/such/program"], host=docker_host)
     with pytest.raises(LaunchError) as raised:
-        docker_host.get_executor().launch(job)
+        launch(job, docker_host.get_executor())
     assert "starting the container for 'local/busybox:latest' failed" in str(raised.value)
     assert "/no/such/program" in str(raised.value)
     # (the autouse fixture checks that the created container was removed)
@@ -275,7 +276,7 @@ def test_unreachable_engine(connection_string):
     job = create_job(TEST_IMAGE, ["true"], host=host)
     executor = host.get_executor()
     with pytest.raises(ExecutorUnavailable) as raised:
-        executor.launch(job)
+        launch(job, executor)
     message = str(raised.value)
     assert message.startswith(
         f"Docker engine '{host.name}' at {connection_string} is unreachable: "
@@ -306,7 +307,7 @@ def test_health_check_reports_version_and_running_containers(docker_host, docker
 def test_wait_times_out_on_a_running_container_then_stop_ends_it(docker_host):
     job = create_job(TEST_IMAGE, ["sleep", "300"], host=docker_host)
     executor = docker_host.get_executor()
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
     try:
         started = time.monotonic()
         assert executor.wait(execution_id, 0.3) is False
@@ -329,7 +330,7 @@ def test_wait_times_out_on_a_running_container_then_stop_ends_it(docker_host):
 def test_wait_returns_promptly_when_the_container_ends(docker_host, docker_engine):
     job = create_job(TEST_IMAGE, ["sleep", "1"], host=docker_host)
     executor = docker_host.get_executor()
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
     try:
         assert executor.wait(execution_id, 30)
         returned = datetime.now(UTC)
@@ -346,7 +347,7 @@ def test_wait_returns_promptly_when_the_container_ends(docker_host, docker_engin
 def test_cleanup_removes_the_container_and_is_safe_twice(docker_host, docker_engine):
     job = create_job(TEST_IMAGE, ["sleep", "300"], host=docker_host)
     executor = docker_host.get_executor()
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
     executor.cleanup(execution_id)  # even while it runs
     executor.cleanup(execution_id)
     assert executor.status(execution_id) == NOT_FOUND
@@ -363,7 +364,7 @@ def test_cleanup_removes_the_container_and_is_safe_twice(docker_host, docker_eng
 def test_stream_logs_yields_combined_output(docker_host):
     job = create_job(TEST_IMAGE, ["sh", "-c", "echo one; echo two >&2"], host=docker_host)
     executor = docker_host.get_executor()
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
     try:
         followed = b"".join(executor.stream_logs(execution_id, follow=True))
         assert sorted(followed.splitlines()) == [b"one", b"two"]
@@ -374,7 +375,7 @@ def test_stream_logs_yields_combined_output(docker_host):
 
 def test_a_new_executor_instance_can_take_over_a_running_container(docker_host):
     job = create_job(TEST_IMAGE, ["sh", "-c", "sleep 0.5; echo done"], host=docker_host)
-    execution_id = docker_host.get_executor().launch(job)
+    execution_id = launch(job, docker_host.get_executor())
     other = docker_host.get_executor()  # as after a worker restart
     try:
         assert other.wait(execution_id, 30)
@@ -412,7 +413,7 @@ def test_good_config_is_accepted_and_used(docker_host, docker_engine):
     docker_host.save()
     job = create_job(TEST_IMAGE, ["true"], host=docker_host)
     executor = docker_host.get_executor()
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
     try:
         attrs = docker_engine.api.inspect_container(execution_id)
         assert attrs["HostConfig"]["NetworkMode"] == "none"
@@ -433,7 +434,7 @@ def test_a_bad_config_makes_the_host_unavailable_with_a_reason(docker_host):
     docker_host.save()
     job = create_job(TEST_IMAGE, ["true"], host=docker_host)
     with pytest.raises(ExecutorUnavailable, match="unusable executor_config.*'pull_policy'"):
-        docker_host.get_executor().launch(job)
+        launch(job, docker_host.get_executor())
 
 
 def test_a_blank_connection_string_means_the_environment_default(docker_host, monkeypatch):
@@ -448,7 +449,7 @@ def test_a_blank_connection_string_means_the_environment_default(docker_host, mo
 def test_the_usage_sampler_stops_when_the_container_ends(docker_host):
     job = create_job(TEST_IMAGE, ["sleep", "1.5"], host=docker_host)
     executor = docker_host.get_executor()
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
     sampler = executor._samplers[execution_id]
     try:
         assert sampler.thread.is_alive()
@@ -595,11 +596,11 @@ def test_find_execution_finds_the_attempts_container_by_label(docker_host):
     job = create_job(TEST_IMAGE, ["sleep", "30"], host=docker_host)
     job.attempts = 1
     executor = docker_host.get_executor()
-    assert executor.find_execution(job) is None
-    execution_id = executor.launch(job)
-    assert executor.find_execution(job) == execution_id
+    assert executor.find_execution(str(job.pk), job.attempts) is None
+    execution_id = launch(job, executor)
+    assert executor.find_execution(str(job.pk), job.attempts) == execution_id
     job.attempts = 2
-    assert executor.find_execution(job) is None
+    assert executor.find_execution(str(job.pk), job.attempts) is None
     executor.stop(execution_id, 0)
     executor.cleanup(execution_id)
 
@@ -615,7 +616,7 @@ def test_find_execution_removes_a_container_that_never_started(docker_host, dock
             "container_manager.managed": "true",
         },
     )
-    assert docker_host.get_executor().find_execution(job) is None
+    assert docker_host.get_executor().find_execution(str(job.pk), job.attempts) is None
     assert not docker_engine.containers.list(
         all=True, filters={"label": f"container_manager.job_id={job.pk}"}
     )
@@ -624,14 +625,14 @@ def test_find_execution_removes_a_container_that_never_started(docker_host, dock
 def test_sigkill_under_a_memory_limit_is_explained_unless_we_stopped_it(docker_host, docker_engine):
     executor = docker_host.get_executor()
     killed = create_job(TEST_IMAGE, ["sleep", "30"], host=docker_host, memory_limit=64)
-    killed_id = executor.launch(killed)
+    killed_id = launch(killed, executor)
     docker_engine.containers.get(killed_id).kill()  # SIGKILL from outside, as the OOM killer
     assert executor.wait(killed_id, 10)
     assert "most likely it ran out of memory" in executor.harvest(killed_id).error
     executor.cleanup(killed_id)
 
     stopped = create_job(TEST_IMAGE, ["sleep", "30"], host=docker_host, memory_limit=64)
-    stopped_id = executor.launch(stopped)
+    stopped_id = launch(stopped, executor)
     executor.stop(stopped_id, 0)
     assert executor.wait(stopped_id, 10)
     outcome = executor.harvest(stopped_id)
@@ -646,13 +647,13 @@ def test_sweep_removes_leftovers_of_finished_jobs_and_keeps_running_ones(
 
     executor = docker_host.get_executor()
     finished = create_job(TEST_IMAGE, ["true"], host=docker_host)
-    finished_id = executor.launch(finished)
+    finished_id = launch(finished, executor)
     ContainerJob.objects.filter(pk=finished.pk).update(status="failed")
     running = create_job(TEST_IMAGE, ["sleep", "30"], host=docker_host)
-    running_id = executor.launch(running)
+    running_id = launch(running, executor)
     ContainerJob.objects.filter(pk=running.pk).update(status="running", execution_id=running_id)
     stranger = create_job(TEST_IMAGE, ["true"], host=docker_host)
-    stranger_id = executor.launch(stranger)
+    stranger_id = launch(stranger, executor)
     ContainerJob.objects.filter(pk=stranger.pk).delete()  # as if of another deployment
     assert set(executor.list_executions()) == {finished_id, running_id, stranger_id}
 

@@ -4,6 +4,7 @@ import pytest
 
 from container_manager.api import create_job
 from container_manager.executors.base import EXITED, NOT_FOUND, RUNNING
+from container_manager.launching import launch
 
 from .conftest import TEST_IMAGE
 
@@ -32,7 +33,7 @@ def test_launch_status_logs_cleanup(host):
     )
     executor = host.get_executor()
 
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
 
     assert execution_id
     assert job.execution_id == execution_id
@@ -57,7 +58,7 @@ def test_stop_ends_a_running_execution(host):
     )
     job = create_job(TEST_IMAGE, ["sleep", "60"], host=host)
     executor = host.get_executor()
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
     executor.stop(execution_id, grace_seconds=1)
     assert executor.wait(execution_id, timeout=10) is True
     assert executor.harvest(execution_id).exit_code != 0

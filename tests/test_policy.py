@@ -18,6 +18,7 @@ from container_manager.api import create_job
 from container_manager.conf import DEFAULTS
 from container_manager.executors import ExecutorUnavailable
 from container_manager.executors.docker import DockerExecutor, confinement_options
+from container_manager.launching import launch
 from container_manager.models import ContainerJob, ExecutorHost, JobAttempt
 
 from .conftest import TEST_IMAGE
@@ -540,7 +541,7 @@ def test_docker_options_for_a_job_that_asks_for_everything(settings):
             {"source": "/data", "target": "/out/./", "read_only": False},
         ],
     )
-    options = confinement_options(loose, network="none")
+    options = confinement_options(policy.confinement(loose), network="none")
     mounts = options.pop("mounts")
     assert options == {
         "security_opt": ["no-new-privileges:true"],
@@ -557,8 +558,9 @@ def test_docker_options_for_a_job_that_asks_for_everything(settings):
         ("bind", "/srv/in", "/in", True),
         ("bind", "/data", "/out", False),
     ]
-    assert confinement_options(job(host()), network="none")["network_mode"] == "none"
-    assert "network_mode" not in confinement_options(job(host()))
+    plain = policy.confinement(job(host()))
+    assert confinement_options(plain, network="none")["network_mode"] == "none"
+    assert "network_mode" not in confinement_options(plain)
 
 
 # -- enforced at creation ------------------------------------------------------------------------
@@ -789,7 +791,7 @@ def test_the_executor_refuses_an_insecure_engine_whatever_saved_the_host(monkeyp
     )
     assert time.monotonic() - started < 1
     with pytest.raises(ExecutorUnavailable, match="allow_insecure"):
-        remote.get_executor().launch(create_job("img", host=remote))
+        launch(create_job("img", host=remote), remote.get_executor())
 
     # The environment's DOCKER_HOST, for a host with a blank connection string, too.
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.1.2.3:2375")
@@ -820,7 +822,7 @@ def test_allow_insecure_lets_the_executor_try(monkeypatch):
 def test_docker_validate_host_is_the_hook_the_model_calls():
     remote = docker_host_for("tcp://10.1.2.3:2375")
     with pytest.raises(ValidationError) as error:
-        DockerExecutor.validate_host(remote)
+        DockerExecutor.validate_host(remote.spec())
     assert list(error.value.message_dict) == ["connection_string"]
 
 
@@ -881,7 +883,7 @@ def run(host, command, image=TEST_IMAGE, **fields):
     """Create (through validation), launch, wait, harvest, clean up: (attrs, outcome)."""
     job = create_job(image, command, host=host, **fields)
     executor = host.get_executor()
-    execution_id = executor.launch(job)
+    execution_id = launch(job, executor)
     try:
         attrs = executor.api.inspect_container(execution_id)
         assert executor.wait(execution_id, 30)
@@ -1037,6 +1039,6 @@ def test_an_executor_called_directly_still_refuses_what_the_policy_forbids(db, s
     job = create_job("local/app:1", ["true"], host=host)
     settings.CONTAINER_MANAGER = {"ALLOWED_IMAGES": ["registry.example.com/*"]}
     with pytest.raises(policy.PolicyViolation) as error:
-        host.get_executor().launch(job)
+        launch(job, host.get_executor())
     assert "image" in error.value.message_dict
     assert job.execution_id == ""

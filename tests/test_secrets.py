@@ -13,7 +13,7 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from container_manager import api, secrets
+from container_manager import api, rotation, secrets
 from container_manager.executors import BaseExecutor, ExecutorError
 from container_manager.executors.mock import MockExecutor
 from container_manager.models import (
@@ -331,7 +331,7 @@ def test_reencryption_seals_secrets_left_in_clear_and_lists_what_it_cannot_open(
     ContainerJob.objects.filter(pk=broken.pk).update(
         environment_overrides={"OTHER_TOKEN": secrets.PREFIX + foreign}
     )
-    result = secrets.reencrypt_all()
+    result = rotation.reencrypt_all()
     assert (result.values, result.jobs, result.templates) == (2, 1, 1)
     assert result.failed == [f"job {broken.pk}: OTHER_TOKEN"]
     stored = ContainerJob.objects.get(pk=legacy.pk).environment_overrides
@@ -593,8 +593,8 @@ class QuotingExecutor(MockExecutor):
 
     type_name = "quoting"
 
-    def start(self, job):
-        raise ExecutorError(f"rejected environment: {job.get_environment()}")
+    def launch(self, spec):
+        raise ExecutorError(f"rejected environment: {dict(spec.env)}")
 
 
 class CrashingExecutor(BaseExecutor):
@@ -610,8 +610,8 @@ class CrashingExecutor(BaseExecutor):
         def __str__(self):
             return f"weird: {self.env}"
 
-    def start(self, job):
-        raise self.Weird(job.get_environment())
+    def launch(self, spec):
+        raise self.Weird(dict(spec.env))
 
 
 @pytest.fixture

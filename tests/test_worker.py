@@ -8,6 +8,7 @@ from django.core.management import call_command
 from django.db import connections
 
 from container_manager.api import cancel_job, create_job
+from container_manager.launching import launch
 from container_manager.models import ContainerJob, ExecutorHost, JobAttempt
 from container_manager.worker import Worker
 
@@ -211,7 +212,7 @@ def test_job_of_a_dead_worker_is_adopted_and_not_started_again(db):
     job = create_job("img", host=host)
     dead = WorkerRecord.objects.create(hostname="gone", pid=1)
     [claimed] = claim_jobs(dead, 1)
-    execution_id = host.get_executor().launch(claimed)
+    execution_id = launch(claimed, host.get_executor())
     claimed.transition("running", execution_id=execution_id, started_at=timezone.now())
     WorkerRecord.objects.filter(pk=dead.pk).update(
         last_heartbeat=timezone.now() - timedelta(minutes=5)

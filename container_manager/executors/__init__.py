@@ -10,7 +10,8 @@ from django.core.exceptions import ValidationError
 from django.utils.module_loading import import_string
 
 from ..conf import setting
-from .base import BaseExecutor, ExecutorError, ExecutorUnavailable, Health, LaunchError, Outcome
+from ..exceptions import ExecutorError, ExecutorUnavailable, HostError, HostRefused, LaunchError
+from .base import BaseExecutor, Health, Outcome
 
 BUILTIN_EXECUTORS = {
     "docker": "container_manager.executors.docker.DockerExecutor",
@@ -22,6 +23,8 @@ __all__ = [
     "ExecutorError",
     "ExecutorUnavailable",
     "Health",
+    "HostError",
+    "HostRefused",
     "LaunchError",
     "Outcome",
     "executor_types",

@@ -8,29 +8,32 @@ methods and that id, so no code outside this package needs to know which backend
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-from ..policy import check_job
-from ..secrets import SecretError, scrub_error
+from ..exceptions import (
+    ExecutorError,
+    ExecutorUnavailable,
+    HostError,
+    HostRefused,
+    LaunchError,
+)
+from ..spec import HostSpec, LaunchSpec
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from ..models import ContainerJob, ExecutorHost
-
-
-class ExecutorError(Exception):
-    """Something an executor could not do; the message is written on the job as it is."""
-
-
-class LaunchError(ExecutorError):
-    """The job could not be started (bad image, rejected request...)."""
-
-
-class ExecutorUnavailable(ExecutorError):
-    """The backend could not be reached at all (daemon down, network, auth)."""
-
+__all__ = [
+    "EXITED",
+    "NOT_FOUND",
+    "RUNNING",
+    "BaseExecutor",
+    "ExecutorError",
+    "ExecutorUnavailable",
+    "Health",
+    "HostError",
+    "HostRefused",
+    "LaunchError",
+    "Outcome",
+]
 
 # What ``status`` answers.
 RUNNING = "running"
@@ -58,52 +61,36 @@ class Health:
 
 
 class BaseExecutor:
-    """Subclasses set ``type_name`` and implement the hooks below ``launch``."""
+    """Subclasses set ``type_name`` and implement the operations below."""
 
     type_name: ClassVar[str] = ""
     # Seconds between status checks for backends that cannot block until completion.
     status_poll_interval: ClassVar[float] = 0.2
 
-    def __init__(self, host: ExecutorHost):
+    def __init__(self, host: HostSpec):
         self.host = host
-        self.config = dict(host.executor_config or {})
+        self.config = dict(host.config)
 
     @classmethod
     def validate_config(cls, config: dict) -> None:
         """Raise ValidationError naming the key when ``executor_config`` is unusable."""
 
     @classmethod
-    def validate_host(cls, host: ExecutorHost) -> None:
+    def validate_host(cls, host: HostSpec) -> None:
         """Raise ValidationError ({field: message}) when the host's settings are unsafe or
-        unusable for this backend (called by ``ExecutorHost.clean``). Nothing by default."""
+        unusable for this backend (called when a host is validated). Nothing by default."""
 
-    def launch(self, job: ContainerJob) -> str:
-        """Start ``job``, record what was started on it, and return the execution id.
+    def launch(self, spec: LaunchSpec) -> str:
+        """Start one attempt as ``spec`` describes and return its execution id.
 
-        The container policy is checked first, whoever calls this: what the policy refuses
-        is never started (``policy.PolicyViolation``). An error never quotes the clear value
-        of one of the job's secrets (see ``secrets``).
-        """
-        check_job(job)
-        try:
-            execution_id = self.start(job)
-        except SecretError as error:  # a secret no configured key decrypts: named, not shown
-            raise LaunchError(str(error)) from None
-        except Exception as error:
-            if (scrubbed := scrub_error(error, job)) is not error:
-                raise scrubbed from None
-            raise
-        job.set_execution_identifier(execution_id)
-        return execution_id
-
-    # -- hooks -------------------------------------------------------------------------
-
-    def start(self, job: ContainerJob) -> str:
-        """Start the job's current attempt and return its execution id.
-
+        The spec has passed the container policy; an executor that cannot express part of
+        its confinement must refuse it (``LaunchError``) rather than run it less confined.
         Idempotent per attempt: a launch may be tried again for the same attempt after one
         whose answer was lost (the host went away mid-call), so when an execution of this
         attempt already exists, return it rather than start a second one.
+
+        Raise ``HostError`` (``ExecutorUnavailable``, ``HostRefused``) when the host is the
+        trouble and nothing was started: the attempt may then move to another host.
         """
         raise NotImplementedError
 
@@ -142,8 +129,8 @@ class BaseExecutor:
         """Ask the execution to stop; kill it if it has not after ``grace_seconds``."""
         raise NotImplementedError
 
-    def find_execution(self, job: ContainerJob) -> str | None:
-        """The id of what was started for the job's current attempt, if it can be found.
+    def find_execution(self, job_id: str, attempt: int) -> str | None:
+        """The id of what was started for this attempt of the job, if it can be found.
 
         Used to recover a job whose worker died between starting it and recording its id,
         so it is re-attached to rather than started twice. Backends that can look

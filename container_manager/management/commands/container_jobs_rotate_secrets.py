@@ -1,5 +1,5 @@
 """Re-encrypt every stored secret with the first key of ENCRYPTION_KEYS (a thin layer over
-``container_manager.secrets.reencrypt_all``).
+``container_manager.rotation.reencrypt_all``).
 
 Rotation: put a new key first in ENCRYPTION_KEYS (keep the old ones after it), run this, and
 drop an old key once this reports no failures. Secrets still stored in clear (from before
@@ -9,7 +9,7 @@ they were sealed) are sealed on the way. Only variable names are ever printed.
 from cryptography.fernet import Fernet
 from django.core.management.base import BaseCommand, CommandError
 
-from container_manager.secrets import reencrypt_all
+from container_manager.rotation import reencrypt_all
 
 
 class Command(BaseCommand):

@@ -18,8 +18,8 @@ import uuid
 
 from django.core.exceptions import ValidationError
 
-from ..output import capped_text
-from .base import (
+from ...output import capped_text
+from ..base import (
     EXITED,
     NOT_FOUND,
     RUNNING,
@@ -67,31 +67,30 @@ class MockExecutor(BaseExecutor):
         if config.get("duration_seconds", 0) < 0:
             raise ValidationError("mock option 'duration_seconds' cannot be negative")
 
-    def start(self, job):
+    def launch(self, spec):
         self._check_reachable()
         self.validate_config(self.config)
         if self.config.get("launch_error"):
             raise LaunchError(self.config["launch_error"])
-        job.get_environment()  # as a real backend would: fails alike on a secret it cannot open
-        if existing := self.find_execution(job):
+        if existing := self.find_execution(spec.job_id, spec.attempt):
             return existing
         execution_id = f"mock-{uuid.uuid4()}"
-        default_stdout = f"mock: {shlex.join(job.command) or job.image}\n"
+        default_stdout = f"mock: {shlex.join(spec.command) or spec.image}\n"
         with self._lock:
             self._executions[execution_id] = {
                 "ends_at": time.monotonic() + float(self.config.get("duration_seconds", 0)),
                 "exit_code": self.config.get("exit_code", 0),
                 "stdout": self.config.get("stdout", default_stdout),
                 "stderr": self.config.get("stderr", ""),
-                "attempt": (str(job.pk), job.attempts),
+                "attempt": (spec.job_id, spec.attempt),
             }
-            self._by_attempt[(str(job.pk), job.attempts)] = execution_id
+            self._by_attempt[(spec.job_id, spec.attempt)] = execution_id
         return execution_id
 
-    def find_execution(self, job):
+    def find_execution(self, job_id, attempt):
         self._check_reachable()
         with self._lock:
-            execution_id = self._by_attempt.get((str(job.pk), job.attempts))
+            execution_id = self._by_attempt.get((job_id, attempt))
             return execution_id if execution_id in self._executions else None
 
     def _get(self, execution_id):

@@ -1,0 +1,40 @@
+"""Every error the app raises on purpose, under one base, ``ContainerManagerError``.
+
+This module imports nothing from the app, so any layer may raise these and any caller may
+catch them without pulling in models or executors.
+"""
+
+from django.core.exceptions import ValidationError
+
+
+class ContainerManagerError(Exception):
+    """The base of the app's own errors."""
+
+
+class ExecutorError(ContainerManagerError):
+    """Something an executor could not do; the message is written on the job as it is."""
+
+
+class LaunchError(ExecutorError):
+    """The job could not be started there, for a reason of its own (bad image, rejected
+    request...): another host would refuse it too."""
+
+
+class HostError(ExecutorError):
+    """The host, not the job, is the trouble: another host may well run the job."""
+
+
+class ExecutorUnavailable(HostError):
+    """The backend could not be reached at all (daemon down, network, timeout)."""
+
+
+class HostRefused(HostError):
+    """The backend answered but would not start anything: credentials refused, no capacity."""
+
+
+class SecretError(ContainerManagerError):
+    """A sealed value that cannot be unsealed. The message names the variable, never a value."""
+
+
+class PolicyViolation(ValidationError, ContainerManagerError):
+    """A job asks for something the container policy does not allow ({field: message})."""
