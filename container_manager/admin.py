@@ -1,8 +1,9 @@
 """The Django admin: configuration over the models; actions call ``container_manager.api``.
 
 Secret environment values are never shown, to anyone: forms show them as ``••••••``, and a
-masked value left as it is keeps the stored (encrypted) one. Cancel, retry and host health
-checks are offered to, and run for, only users with the matching permission.
+masked value left as it is keeps the stored (encrypted) one. Release, cancel, retry and host
+health checks are offered to, and run for, only users with the matching permission (release:
+``change_containerjob``, as for editing a held job).
 """
 
 from django import forms
@@ -377,7 +378,7 @@ class ContainerJobAdmin(admin.ModelAdmin):
         ),
     )
     inlines = [JobAttemptInline]
-    actions = ["cancel_jobs", "retry_jobs"]
+    actions = ["release_jobs", "cancel_jobs", "retry_jobs"]
 
     @admin.display(description="ID", ordering="id")
     def short_id(self, job):
@@ -433,6 +434,17 @@ class ContainerJobAdmin(admin.ModelAdmin):
     def has_retry_permission(self, request, obj=None):
         return request.user.has_perm(f"{self.opts.app_label}.retry_containerjob")
 
+    @admin.action(description="Release selected held jobs", permissions=["change"])
+    def release_jobs(self, request, queryset):
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        released, selected = self._apply(request, queryset, api.release_job)
+        self.message_user(
+            request,
+            f"Released {released} of {selected} selected job{'' if selected == 1 else 's'}.",
+            messages.SUCCESS if released else messages.WARNING,
+        )
+
     @admin.action(description="Cancel selected jobs", permissions=["cancel"])
     def cancel_jobs(self, request, queryset):
         if not self.has_cancel_permission(request):
@@ -451,8 +463,15 @@ class ContainerJobAdmin(admin.ModelAdmin):
             raise PermissionDenied
         self._apply(request, queryset, api.retry_job, lambda job: "queued again")
 
-    def _apply(self, request, queryset, operation, done):
+    def _apply(self, request, queryset, operation, done=None) -> tuple[int, int]:
+        """Run ``operation`` on each job, saying why for each it refused.
+
+        With ``done``, each job it did gets a message too: ``done(job)``. Returns how many
+        jobs it did, and of how many.
+        """
+        succeeded = seen = 0
         for job in queryset.select_related("host"):
+            seen += 1
             label = f"Job {job.name or job.pk} ({str(job.pk)[:8]})"
             try:
                 job = operation(job)
@@ -462,7 +481,10 @@ class ContainerJobAdmin(admin.ModelAdmin):
             except InvalidTransition as error:
                 self.message_user(request, f"{label}: {error}", messages.ERROR)
             else:
-                self.message_user(request, f"{label}: {done(job)}", messages.SUCCESS)
+                succeeded += 1
+                if done is not None:
+                    self.message_user(request, f"{label}: {done(job)}", messages.SUCCESS)
+        return succeeded, seen
 
 
 @admin.register(Worker)

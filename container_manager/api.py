@@ -1,4 +1,4 @@
-"""The Python API: create a job in one call, wait for it, cancel or retry it.
+"""The Python API: create a job in one call, wait for it, release, cancel or retry it.
 
 The CLI and the admin are thin layers over these functions.
 """
@@ -7,6 +7,7 @@ import time
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from . import envfile, limits
@@ -138,6 +139,33 @@ def retry_job(job: ContainerJob, attempts: int = 1) -> ContainerJob:
         )
     if not moved:
         raise ValidationError({"status": f"job changed meanwhile; it is now {job.status}"})
+    return job
+
+
+def release_job(job: ContainerJob) -> ContainerJob:
+    """Queue a held (pending) job, created with ``hold=True``, to be run.
+
+    It runs as soon as a worker takes it, or at its ``scheduled_for`` if that is still in
+    the future. Raises ValidationError (on ``status``) for a job that is not pending, or
+    that another process moved meanwhile (released, cancelled): only one caller releases.
+    """
+    if job.status != JobStatus.PENDING:
+        raise ValidationError(
+            {"status": f"only held (pending) jobs can be released; this one is {job.status}"}
+        )
+    now = timezone.now()
+    # The row's own scheduled_for decides, in the same UPDATE: a time set meanwhile (the
+    # admin's change page edits held jobs) is kept if it is still ahead.
+    moved = job.transition(
+        JobStatus.QUEUED,
+        scheduled_for=Case(
+            When(scheduled_for__gt=now, then=F("scheduled_for")), default=Value(now)
+        ),
+    )
+    if not moved:
+        raise ValidationError({"status": f"job changed meanwhile; it is now {job.status}"})
+    # transition() set the expression on the instance: read back what was written.
+    job.refresh_from_db(fields=["scheduled_for"])
     return job
 
 

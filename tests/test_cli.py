@@ -233,7 +233,7 @@ def test_a_subcommand_is_required(db):
 # -- job lookup ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("subcommand", ["show", "logs", "cancel", "retry"])
+@pytest.mark.parametrize("subcommand", ["show", "logs", "release", "cancel", "retry"])
 @pytest.mark.parametrize("job_id", ["nope", "12345", str(uuid.uuid4())])
 def test_unknown_or_malformed_job_id(db, subcommand, job_id):
     with pytest.raises(CommandError, match=f"no job with id '{job_id}'"):

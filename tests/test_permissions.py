@@ -105,7 +105,7 @@ def test_job_actions_need_their_permission(client, jobs, action, permission):
 def test_the_actions_refuse_even_when_called_directly(rf_request_for, jobs):
     request = rf_request_for(make_user("nobody", "view_containerjob", staff=True))
     admin_ = ContainerJobAdmin(ContainerJob, None)
-    for action in (admin_.cancel_jobs, admin_.retry_jobs):
+    for action in (admin_.release_jobs, admin_.cancel_jobs, admin_.retry_jobs):
         with pytest.raises(PermissionDenied):
             action(request, ContainerJob.objects.all())
     host_admin = ExecutorHostAdmin(ExecutorHost, None)
@@ -143,7 +143,8 @@ def test_host_health_check_needs_change_executorhost(client, mock_host):
 
 
 def test_superusers_are_offered_every_action(admin_client, jobs):
-    assert {"cancel_jobs", "retry_jobs"} <= offered_actions(admin_client, "containerjob")
+    offered = offered_actions(admin_client, "containerjob")
+    assert {"release_jobs", "cancel_jobs", "retry_jobs"} <= offered
     assert "check_health" in offered_actions(admin_client, "executorhost")
 
 

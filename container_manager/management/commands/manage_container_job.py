@@ -1,4 +1,4 @@
-"""Operate jobs from a shell: create, list, show, logs, cancel, retry, and the hosts.
+"""Operate jobs from a shell: create, list, show, logs, release, cancel, retry, and the hosts.
 
 A thin layer: arguments are parsed here, the work is done by ``container_manager.api`` and
 the models, and the result is printed for people or, with ``--json``, for scripts (the JSON
@@ -82,6 +82,8 @@ positive_int.__name__ = "positive integer"  # what argparse calls it in its erro
 ADD = ("container_manager.add_containerjob", "create jobs")
 CANCEL = ("container_manager.cancel_containerjob", "cancel jobs")
 RETRY = ("container_manager.retry_containerjob", "retry jobs")
+# No permission of its own (one would need a migration): releasing changes a held job.
+RELEASE = ("container_manager.change_containerjob", "release jobs")
 CHECK_HOSTS = ("container_manager.change_executorhost", "check hosts")
 REVEAL = ("container_manager.reveal_secrets", "reveal secrets")
 
@@ -141,8 +143,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         user_help = (
             "Act as this user: the subcommand needs that user's permission (create: "
-            "add_containerjob, cancel, retry, hosts --check: change_executorhost, show "
-            "--reveal-secrets: reveal_secrets). Without it: the server's operator."
+            "add_containerjob, release: change_containerjob, cancel, retry, hosts --check: "
+            "change_executorhost, show --reveal-secrets: reveal_secrets). Without it: the "
+            "server's operator."
         )
         parser.add_argument("--user", metavar="USERNAME", help=user_help)
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
@@ -244,6 +247,16 @@ class Command(BaseCommand):
         only.add_argument("--stderr", dest="only_stderr", action="store_true", help="Only stderr.")
         logs.add_argument("--follow", "-f", action="store_true", help="Stream until the job ends.")
 
+        release = sub.add_parser(
+            "release",
+            help="Queue held (pending) jobs to run.",
+            description="Queue held (pending) jobs, created with --hold, to run: now, or at "
+            "their scheduled time if it is still ahead. Each job is released or refused on "
+            "its own; the command fails if any was refused.",
+        )
+        release.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+        self._json_flag(release)
+
         for name, text in [
             ("cancel", "Cancel a job: at once if not running, else its worker stops it."),
             ("retry", "Queue a failed, timed-out or cancelled job again."),
@@ -310,7 +323,8 @@ class Command(BaseCommand):
     @staticmethod
     def permissions_needed(options) -> list[tuple[str, str]]:
         subcommand = options["subcommand"]
-        needed = {"create": [ADD], "cancel": [CANCEL], "retry": [RETRY]}.get(subcommand, [])
+        needed = {"create": [ADD], "release": [RELEASE], "cancel": [CANCEL], "retry": [RETRY]}
+        needed = needed.get(subcommand, [])
         if subcommand == "hosts" and options.get("check"):
             needed.append(CHECK_HOSTS)
         if subcommand == "show" and options.get("reveal_secrets"):
@@ -545,6 +559,34 @@ class Command(BaseCommand):
             # can see it): the worker stores the output when the job ends.
             job = api.wait_for_job(job, interval=FOLLOW_POLL_SECONDS)
             self.write_stored(job)
+
+    def handle_release(self, options):
+        # Every id is looked up first: a mistyped one releases nothing.
+        jobs = {}
+        for job_id in options["job_ids"]:
+            job = self.get_job(job_id)
+            jobs.setdefault(job.pk, job)  # the same job given twice is released once
+        released, refused = [], []
+        for job in jobs.values():
+            try:
+                job = api.release_job(job)
+            except ValidationError as error:
+                refused.append(f"job {job.pk}: {'; '.join(validation_error_lines(error))}")
+                continue
+            except InvalidTransition as error:
+                refused.append(f"job {job.pk}: {error}")
+                continue
+            released.append(job)
+            if not options["as_json"]:  # as it happens: the output says what was done
+                later = job.scheduled_for > timezone.now()
+                at = f", scheduled for {when(job.scheduled_for)}" if later else ""
+                self.stdout.write(f"Released job {job.pk} (status: {job.status}{at}).")
+        if options["as_json"]:
+            self.write_json([job_to_dict(job) for job in released])
+        if refused:
+            if len(jobs) > 1:
+                refused.insert(0, f"{len(refused)} of {len(jobs)} jobs not released:")
+            raise CommandError("\n".join(refused))
 
     def handle_cancel(self, options):
         job = api.cancel_job(self.get_job(options["job_id"]))
