@@ -1,6 +1,7 @@
 import os
 
 import pytest
+from django.test import override_settings
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
@@ -8,6 +9,14 @@ from container_manager.models import ExecutorHost
 
 TEST_IMAGE = os.environ.get("CONTAINER_MANAGER_TEST_IMAGE", "local/busybox:latest")
 IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing():
+    """Tests only: the admin, permission and CLI tests create users and log them in, and
+    Django's default hasher is slow on purpose. The example project's settings are untouched."""
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 def docker_engine_url() -> str:
