@@ -1,4 +1,5 @@
 import os
+import uuid
 
 import pytest
 from django.test import override_settings
@@ -6,9 +7,15 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from container_manager.models import ExecutorHost
+from container_manager.spec import HOST_LABEL, MANAGED_LABEL
 
 TEST_IMAGE = os.environ.get("CONTAINER_MANAGER_TEST_IMAGE", "local/busybox:latest")
 IN_CI = os.environ.get("CI") == "true"
+
+# The name of the shared engine's host in this test session: unique, so that two suites
+# running at once on one engine (SQLite and PostgreSQL passes, two checkouts, CI and a
+# developer) each see only their own containers, which carry it in their host label.
+DOCKER_HOST_NAME = f"docker-local-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,10 +51,17 @@ def docker_engine():
     client.close()
 
 
+def own_labels(*labels: str) -> list[str]:
+    """Label filters that select this session's containers on the shared engine (those of its
+    Docker host), and of those the ones with ``labels`` ("key=value") too. Every test that
+    lists or removes containers there filters with them."""
+    return [f"{MANAGED_LABEL}=true", f"{HOST_LABEL}={DOCKER_HOST_NAME}", *labels]
+
+
 @pytest.fixture
 def docker_host(db, docker_engine):
     return ExecutorHost.objects.create(
-        name="docker-local",
+        name=DOCKER_HOST_NAME,
         executor_type="docker",
         connection_string=docker_engine_url(),
         executor_config={"pull_policy": "never"},

@@ -23,7 +23,7 @@ from container_manager.executors.docker import DockerExecutor
 from container_manager.launching import launch
 from container_manager.models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
 
-from .conftest import TEST_IMAGE
+from .conftest import TEST_IMAGE, own_labels
 from .engines import PrivateEngine, require_dockerd
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db]
@@ -35,16 +35,14 @@ MIB = 1024 * 1024
 def no_containers_left(db, docker_engine):
     """Every test must clean up what it launched; whatever it left is removed, then reported.
 
-    Only this test's jobs are looked at, so tests running elsewhere on the same engine do not
-    disturb it.
+    Only this session's host's containers, of this test's jobs, are looked at, so tests running
+    elsewhere on the same engine do not disturb it.
     """
     yield
     job_ids = {str(pk) for pk in ContainerJob.objects.values_list("pk", flat=True)}
     left = [
         container
-        for container in docker_engine.api.containers(
-            all=True, filters={"label": "container_manager.managed=true"}
-        )
+        for container in docker_engine.api.containers(all=True, filters={"label": own_labels()})
         if container["Labels"].get("container_manager.job_id") in job_ids
         and container["State"] != "removing"  # auto_remove at work
     ]
@@ -239,7 +237,7 @@ def test_missing_image_with_pull_policy_never_fails_the_launch(docker_host, dock
     with pytest.raises(LaunchError) as raised:
         launch(job, docker_host.get_executor())
     assert str(raised.value) == (
-        "image 'local/no-such-image:1' is not present on host 'docker-local' "
+        f"image 'local/no-such-image:1' is not present on host '{docker_host.name}' "
         "and pull_policy is 'never'"
     )
     assert job.execution_id == ""
@@ -253,7 +251,7 @@ def test_missing_image_that_cannot_be_pulled_fails_the_launch(docker_host, docke
         launch(job, docker_host.get_executor())
     message = str(raised.value)
     assert message.startswith(
-        "image 'local/no-such-image:1' is not present on host 'docker-local' "
+        f"image 'local/no-such-image:1' is not present on host '{docker_host.name}' "
         "and pulling it failed: "
     )
     assert len(message) > len("... pulling it failed: ") + 40  # the engine's reason follows
@@ -614,11 +612,12 @@ def test_find_execution_removes_a_container_that_never_started(docker_host, dock
             "container_manager.job_id": str(job.pk),
             "container_manager.attempt": "0",
             "container_manager.managed": "true",
+            "container_manager.host": docker_host.name,
         },
     )
     assert docker_host.get_executor().find_execution(str(job.pk), job.attempts) is None
     assert not docker_engine.containers.list(
-        all=True, filters={"label": f"container_manager.job_id={job.pk}"}
+        all=True, filters={"label": own_labels(f"container_manager.job_id={job.pk}")}
     )
 
 

@@ -14,7 +14,7 @@ from django.db import connection
 from container_manager.api import create_job
 from container_manager.models import ContainerJob, ExecutorHost
 
-from .conftest import TEST_IMAGE
+from .conftest import TEST_IMAGE, own_labels
 from .test_queue_processes import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
@@ -28,17 +28,14 @@ FAST_LIVENESS = json.dumps(
         "STOP_GRACE_SECONDS": 1,
     }
 )
-MANAGED = {"label": "container_manager.managed=true"}
 
 
 @pytest.fixture(autouse=True)
 def no_container_left(docker_engine):
     """Whatever the tests' host left is removed, then reported (other users of the engine,
-    such as a developer's own jobs, are not looked at)."""
+    such as another test session or a developer's own jobs, are not looked at)."""
     yield
-    left = docker_engine.containers.list(
-        all=True, filters={"label": [MANAGED["label"], "container_manager.host=docker-local"]}
-    )
+    left = docker_engine.containers.list(all=True, filters={"label": own_labels()})
     for container in left:
         container.remove(force=True)
     assert not left, f"containers left behind: {[c.name for c in left]}"
@@ -50,7 +47,7 @@ def creations_by_job(docker_engine, since):
     events = docker_engine.events(
         since=since,
         until=int(time.time()) + 1,
-        filters={"type": "container", "event": "create", **MANAGED},
+        filters={"type": "container", "event": "create", "label": own_labels()},
         decode=True,
     )
     for event in events:

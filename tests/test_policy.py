@@ -21,7 +21,7 @@ from container_manager.executors.docker import DockerExecutor, confinement_optio
 from container_manager.launching import launch
 from container_manager.models import ContainerJob, ExecutorHost, JobAttempt
 
-from .conftest import TEST_IMAGE
+from .conftest import TEST_IMAGE, own_labels
 
 pytestmark = pytest.mark.django_db
 
@@ -835,9 +835,7 @@ def no_containers_left(docker_engine):
     job_ids = {str(pk) for pk in ContainerJob.objects.values_list("pk", flat=True)}
     left = [
         c
-        for c in docker_engine.api.containers(
-            all=True, filters={"label": "container_manager.managed=true"}
-        )
+        for c in docker_engine.api.containers(all=True, filters={"label": own_labels()})
         if c["Labels"].get("container_manager.job_id") in job_ids
     ]
     for container in left:
@@ -1022,7 +1020,7 @@ class TestInARealContainer:
         assert job.status == "failed"
         assert job.last_error.startswith("refused by the container policy: image: ")
         assert not docker_engine.api.containers(
-            all=True, filters={"label": f"container_manager.job_id={job.pk}"}
+            all=True, filters={"label": own_labels(f"container_manager.job_id={job.pk}")}
         )
 
 
