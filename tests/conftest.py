@@ -17,6 +17,25 @@ IN_CI = os.environ.get("CI") == "true"
 # developer) each see only their own containers, which carry it in their host label.
 DOCKER_HOST_NAME = f"docker-local-{uuid.uuid4().hex[:8]}"
 
+# Tests that need these fixtures are marked without being told: a test cannot slip a Docker
+# engine, a worker process or a private service into the fast tier (scripts/test --fast) by
+# forgetting its marker. Tests that start processes by other means carry the marker themselves.
+FIXTURE_MARKERS = {
+    "docker_engine": "docker",
+    "worker_processes": "processes",
+    "private_postgres": "processes",
+    "private_postgres_cluster": "processes",
+    "tls_engine": "processes",  # tests/test_docker_executor.py: a private dockerd behind TLS
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture in set(FIXTURE_MARKERS).intersection(getattr(item, "fixturenames", ())):
+            marker = FIXTURE_MARKERS[fixture]
+            if item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def fast_password_hashing():

@@ -585,6 +585,7 @@ def test_hosts_with_none_configured(db):
 # -- the real command line ---------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_the_shell_command_line_passes_the_argv_after_double_dash(tmp_path):
     """What a shell user types: quoting and ``--`` go through the real argv handling."""
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}"}

@@ -32,6 +32,7 @@ FINAL_STATUSES = {"completed", "failed", "timed_out", "cancelled"}
 STALL_SECONDS = 30  # no job changed status for this long while some are unfinished: give up
 
 pytestmark = [
+    pytest.mark.processes,
     # One pass is enough (the private cluster is the same in both), and it is the PostgreSQL one.
     pytest.mark.skipif(
         "connection.vendor != 'postgresql'",

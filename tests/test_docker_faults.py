@@ -22,6 +22,7 @@ from .test_queue_processes import wait_until
 
 pytestmark = [
     pytest.mark.docker,
+    pytest.mark.processes,
     pytest.mark.django_db(transaction=True),
     # Minutes of real outages: once per run is enough, on the database production uses.
     pytest.mark.skipif(

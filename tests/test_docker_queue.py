@@ -56,6 +56,7 @@ def creations_by_job(docker_engine, since):
     return counts
 
 
+@pytest.mark.processes
 def test_killed_worker_jobs_are_finished_by_another_and_none_runs_twice(
     docker_host, docker_engine, worker_processes
 ):
@@ -98,6 +99,7 @@ def test_timeout_stops_the_container_and_keeps_its_logs(docker_host, docker_engi
     assert "timed out after 2 s" in job.last_error
 
 
+@pytest.mark.processes
 def test_cancel_from_another_process_stops_the_container(
     docker_host, docker_engine, worker_processes
 ):
@@ -118,6 +120,7 @@ def test_cancel_from_another_process_stops_the_container(
     assert worker_processes.procs[0].wait(20) == 0
 
 
+@pytest.mark.processes
 @pytest.mark.skipif("connection.vendor != 'postgresql'")
 def test_worker_survives_its_database_connections_being_killed(docker_host, worker_processes):
     worker_processes.start("--poll-interval", "0.2")

@@ -11,7 +11,7 @@ from .conftest import TEST_IMAGE
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(params=["docker", "mock"])
+@pytest.fixture(params=[pytest.param("docker", marks=pytest.mark.docker), "mock"])
 def host(request):
     # The mock is told to produce what the real container produces.
     if request.param == "mock":

@@ -9,7 +9,7 @@ from django.db.models import Count
 from container_manager.api import create_job
 from container_manager.models import ContainerJob, ExecutorHost, JobAttempt
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
 
 def wait_until(predicate, timeout, interval=0.2):
