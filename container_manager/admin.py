@@ -6,6 +6,8 @@ health checks are offered to, and run for, only users with the matching permissi
 ``change_containerjob``, as for editing a held job).
 """
 
+from collections.abc import Callable
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -26,10 +28,12 @@ def registered_executor_types():
 class BlankJSONForm(forms.ModelForm):
     """A cleared JSON box means empty (``[]`` / ``{}``), not NULL, which the columns refuse."""
 
-    blank_json = {}  # field name -> what makes its empty value (list, dict)
+    # field name -> what makes its empty value (list, dict)
+    blank_json: dict[str, Callable[[], object]] = {}
 
     def clean(self):
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data  # what ModelForm.clean returns, typed as possibly None
         for name, empty in self.blank_json.items():
             if name in cleaned and cleaned[name] is None:
                 cleaned[name] = empty()

@@ -66,7 +66,7 @@ def create_job(
     timeout_seconds, priority, scheduled_for, max_attempts, working_dir, created_by).
     Raises ValidationError naming each bad field; nothing is saved then.
     """
-    host = _lookup(ExecutorHost, host, "host") or choose_host()
+    chosen_host = _lookup(ExecutorHost, host, "host") or choose_host()
     env = dict(env or {})
     errors = {}
     if secrets:
@@ -78,7 +78,7 @@ def create_job(
         image=image,
         # A tuple is as good as a list; a string is not an argv and fails validation.
         command=list(command) if isinstance(command, list | tuple) else (command or []),
-        host=host,
+        host=chosen_host,
         environment_template=_lookup(EnvironmentVariableTemplate, env_template, "env_template"),
         environment_overrides=env,
         status=JobStatus.PENDING if hold else JobStatus.QUEUED,

@@ -8,6 +8,7 @@ fields and helpers check first and answer with a ValidationError that names the 
 """
 
 import reprlib
+from typing import TYPE_CHECKING
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -112,11 +113,20 @@ class BoundedJSONField(models.JSONField):
             raise ValidationError(problem, code="null_characters_not_allowed")
         super().validate(value, model_instance)
 
-    def formfield(self, **kwargs):
-        return super().formfield(**{"form_class": JSONFormField, **kwargs})
+    def formfield(self, form_class=None, choices_form_class=None, **kwargs):
+        return super().formfield(
+            form_class=form_class or JSONFormField, choices_form_class=choices_form_class, **kwargs
+        )
 
 
-class FiniteIntegerMixin:
+# For the type checker, the mixin is what it is mixed into: its super() is an integer field's.
+if TYPE_CHECKING:
+    _IntegerFieldBase = models.IntegerField
+else:
+    _IntegerFieldBase = object
+
+
+class FiniteIntegerMixin(_IntegerFieldBase):
     def to_python(self, value):
         try:
             return super().to_python(value)
@@ -178,7 +188,7 @@ def clean_fields(instance, exclude, django_clean_fields) -> None:
     """
     exclude = exclude or ()
     found = {**empty_number_errors(instance), **nul_errors(instance, exclude)}
-    errors = {name: [message] for name, message in found.items()}
+    errors = {name: [ValidationError(message)] for name, message in found.items()}
     try:
         django_clean_fields(exclude)
     except ValidationError as error:

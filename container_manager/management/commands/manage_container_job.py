@@ -323,8 +323,8 @@ class Command(BaseCommand):
     @staticmethod
     def permissions_needed(options) -> list[tuple[str, str]]:
         subcommand = options["subcommand"]
-        needed = {"create": [ADD], "release": [RELEASE], "cancel": [CANCEL], "retry": [RETRY]}
-        needed = needed.get(subcommand, [])
+        by_subcommand = {"create": ADD, "release": RELEASE, "cancel": CANCEL, "retry": RETRY}
+        needed = [by_subcommand[subcommand]] if subcommand in by_subcommand else []
         if subcommand == "hosts" and options.get("check"):
             needed.append(CHECK_HOSTS)
         if subcommand == "show" and options.get("reveal_secrets"):
@@ -379,7 +379,8 @@ class Command(BaseCommand):
         if options["as_json"]:
             self.write_json(job_to_dict(job))
         else:
-            self.stdout.write(f"Created job {job.pk} (status: {job.status}, host: {job.host.name})")
+            host = job.host.name if job.host else "-"
+            self.stdout.write(f"Created job {job.pk} (status: {job.status}, host: {host})")
 
     def handle_list(self, options):
         jobs = ContainerJob.objects.select_related("host")
@@ -562,7 +563,7 @@ class Command(BaseCommand):
 
     def handle_release(self, options):
         # Every id is looked up first: a mistyped one releases nothing.
-        jobs = {}
+        jobs: dict[uuid.UUID, ContainerJob] = {}
         for job_id in options["job_ids"]:
             job = self.get_job(job_id)
             jobs.setdefault(job.pk, job)  # the same job given twice is released once
