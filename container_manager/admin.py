@@ -7,6 +7,7 @@ health checks are offered to, and run for, only users with the matching permissi
 """
 
 from collections.abc import Callable
+from typing import cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -15,9 +16,16 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from . import api, secrets
 from .executors import executor_types
 from .fields import JSONFormField
-from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost, JobAttempt, Worker
-from .routing import choose_host
-from .serializers import validation_error_lines, with_running_jobs
+from .models import (
+    ContainerJob,
+    EnvironmentVariableTemplate,
+    ExecutorHost,
+    ExecutorHostQuerySet,
+    JobAttempt,
+    Worker,
+)
+from .routing import check_routable
+from .serializers import validation_error_lines
 from .states import InvalidTransition, JobStatus
 
 
@@ -88,11 +96,12 @@ class ExecutorHostAdmin(admin.ModelAdmin):
     actions = ["check_health"]
 
     def get_queryset(self, request):
-        return with_running_jobs(super().get_queryset(request))
+        # The default manager's queryset, which the type stubs know only as a QuerySet.
+        return cast(ExecutorHostQuerySet, super().get_queryset(request)).with_load()
 
-    @admin.display(description="running / max", ordering="running_jobs")
+    @admin.display(description="running / max", ordering="load")
     def running_jobs(self, host):
-        return f"{host.running_jobs} / {host.max_concurrent_jobs}"
+        return f"{host.load} / {host.max_concurrent_jobs}"
 
     @admin.action(description="Check health of the selected hosts", permissions=["change"])
     def check_health(self, request, queryset):
@@ -268,7 +277,9 @@ class ContainerJobForm(BlankJSONForm):
         model = ContainerJob
         fields = (
             "name",
-            "host",
+            "requested_host",
+            "executor_type",
+            "host_labels",
             "priority",
             "scheduled_for",
             *WHAT_TO_RUN_FIELDS,
@@ -293,10 +304,10 @@ class ContainerJobForm(BlankJSONForm):
 
     def clean(self):
         cleaned = super().clean()
-        # As api.create_job does: a new job without a host goes where routing says.
-        if self.instance._state.adding and not cleaned.get("host") and "host" not in self.errors:
+        # As api.create_job does: refused now when no active host could ever take it.
+        if self.instance._state.adding and not self.errors:
             try:
-                cleaned["host"] = choose_host()
+                check_routable(self.instance)
             except ValidationError as error:
                 self.add_error(None, error)
         return cleaned
@@ -304,6 +315,7 @@ class ContainerJobForm(BlankJSONForm):
 
 OUTCOME_FIELDS = (
     "status",
+    "host",
     "execution_id",
     "exit_code",
     "attempts",
@@ -341,7 +353,15 @@ class ContainerJobAdmin(admin.ModelAdmin):
     search_fields = ("name", "image", "id", "execution_id")
     readonly_fields = ("id", *OUTCOME_FIELDS)
     fieldsets = (
-        (None, {"fields": ("id", "name", "status", "host", "priority", "scheduled_for")}),
+        (None, {"fields": ("id", "name", "status", "priority", "scheduled_for")}),
+        (
+            "Where",
+            {
+                "fields": ("requested_host", "executor_type", "host_labels", "host"),
+                "description": "Name a host (or a fallback chain), or ask for an executor "
+                "type and labels and let routing choose; the host is where it runs.",
+            },
+        ),
         ("What to run", {"fields": WHAT_TO_RUN_FIELDS}),
         (
             "Confinement",

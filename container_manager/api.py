@@ -14,7 +14,7 @@ from . import envfile, limits
 from . import secrets as sealing
 from .fields import NUL_MESSAGE, short_repr
 from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
-from .routing import choose_host
+from .routing import check_routable
 from .states import ACTIVE, TERMINAL, JobStatus
 
 
@@ -66,7 +66,7 @@ def create_job(
     timeout_seconds, priority, scheduled_for, max_attempts, working_dir, created_by).
     Raises ValidationError naming each bad field; nothing is saved then.
     """
-    chosen_host = _lookup(ExecutorHost, host, "host") or choose_host()
+    requested = _lookup(ExecutorHost, host, "host")
     env = dict(env or {})
     errors = {}
     if secrets:
@@ -78,7 +78,9 @@ def create_job(
         image=image,
         # A tuple is as good as a list; a string is not an argv and fails validation.
         command=list(command) if isinstance(command, list | tuple) else (command or []),
-        host=chosen_host,
+        requested_host=requested,
+        # Where it runs is routing's choice at launch; a named host is that choice already.
+        host=requested if requested is not None and not requested.member_names else None,
         environment_template=_lookup(EnvironmentVariableTemplate, env_template, "env_template"),
         environment_overrides=env,
         status=JobStatus.PENDING if hold else JobStatus.QUEUED,
@@ -86,8 +88,12 @@ def create_job(
     )
     try:
         job.full_clean()
+        check_routable(job)
     except ValidationError as error:
-        raise ValidationError({**error.update_error_dict({}), **errors}) from None
+        found = error.update_error_dict({})
+        if "requested_host" in found:  # the argument is called host here
+            found["host"] = found.pop("requested_host")
+        raise ValidationError({**found, **errors}) from None
     if errors:
         raise ValidationError(errors)
     job.save(force_insert=True)

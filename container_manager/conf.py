@@ -47,6 +47,8 @@ DEFAULTS = {
     # A running job whose host stops answering is followed through an outage this long; only
     # past it is the attempt failed (its outcome unknown).
     "ENGINE_OUTAGE_GRACE": 300.0,
+    # Workers check every active host this often (one worker per check, across all of them).
+    "HEALTH_CHECK_INTERVAL": 30.0,
     # An unhealthy host is checked again after BASE seconds, then twice as long each time it
     # still fails, up to MAX; it gets no new jobs until a check passes.
     "HEALTH_RECHECK_BASE": 1.0,

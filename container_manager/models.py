@@ -23,23 +23,31 @@ from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transi
 
 
 def recheck_delay(failures: int) -> float:
-    """Seconds before an unhealthy host is checked again, after ``failures`` failed checks."""
+    """Seconds before a host is checked again: ``HEALTH_CHECK_INTERVAL`` while it is healthy,
+    and after ``failures`` failed checks in a row a pause growing from HEALTH_RECHECK_BASE."""
+    if not failures:
+        return setting("HEALTH_CHECK_INTERVAL")
     base, most = setting("HEALTH_RECHECK_BASE"), setting("HEALTH_RECHECK_MAX")
-    return min(most, base * 2 ** max(0, failures - 1))
+    return min(most, base * 2 ** (failures - 1))
 
 
 class ExecutorHostQuerySet(models.QuerySet):
-    def due_for_recheck(self):
-        """Unhealthy hosts whose next health check has come."""
-        return self.filter(
-            is_active=True,
-            health_status=ExecutorHost.Health.UNHEALTHY,
-            next_health_check_at__lte=timezone.now(),
+    def with_load(self):
+        """Hosts annotated with ``load``: the jobs launching or running on each, counted
+        across all workers. The one place a host's load is computed."""
+        return self.annotate(load=models.Count("jobs", filter=models.Q(jobs__status__in=ACTIVE)))
+
+    def due_for_check(self):
+        """Active hosts whose next health check has come (never checked: at once)."""
+        return self.filter(is_active=True).filter(
+            models.Q(next_health_check_at__isnull=True)
+            | models.Q(next_health_check_at__lte=timezone.now())
         )
 
-    def take_recheck(self, host) -> bool:
+    def take_check(self, host) -> bool:
         """Reserve ``host``'s due check for the caller: across all workers, one takes it."""
-        later = timezone.now() + timedelta(seconds=recheck_delay(host.health_failures + 1))
+        failures = host.health_failures + (host.health_status == ExecutorHost.Health.UNHEALTHY)
+        later = timezone.now() + timedelta(seconds=recheck_delay(failures))
         return bool(
             self.filter(pk=host.pk, next_health_check_at=host.next_health_check_at).update(
                 next_health_check_at=later
@@ -156,8 +164,33 @@ class ExecutorHost(models.Model):
                 executor_class.validate_host(self.spec())  # e.g. Docker: the remote-engine rule
             except ValidationError as error:
                 errors = error.update_error_dict(errors)
+            if "executor_config" not in errors and (problems := self._member_problems()):
+                errors["executor_config"] = problems
         if errors:
             raise ValidationError(errors)
+
+    @property
+    def member_names(self) -> list[str]:
+        """The hosts this one routes its jobs to, in order (a fallback chain); else none."""
+        try:
+            executor_class = get_executor_class(self.executor_type)
+        except KeyError:
+            return []
+        config = self.executor_config if isinstance(self.executor_config, dict) else {}
+        return executor_class.member_names(config)
+
+    def _member_problems(self) -> list[str]:
+        names = self.member_names
+        if not names:
+            return []
+        found = {host.name: host for host in ExecutorHost.objects.filter(name__in=names)}
+        problems = [f"no host named {name!r}" for name in names if name not in found]
+        problems += [
+            f"{name!r} routes to other hosts itself; a chain's members must run jobs"
+            for name, host in found.items()
+            if name == self.name or host.member_names
+        ]
+        return problems
 
     def get_executor(self):
         """A new executor instance for this host."""
@@ -198,9 +231,7 @@ class ExecutorHost(models.Model):
         self.health_message = storable(message)
         self.last_health_check = now
         self.health_failures = 0 if healthy else self.health_failures + 1
-        self.next_health_check_at = (
-            None if healthy else now + timedelta(seconds=recheck_delay(self.health_failures))
-        )
+        self.next_health_check_at = now + timedelta(seconds=recheck_delay(self.health_failures))
         self.save(
             update_fields=[
                 "health_status",
@@ -377,9 +408,31 @@ class ContainerJob(models.Model):
         '"read_only": true}].',
     )
 
-    # Where and when.
+    # Where and when. Routing reads what the job asks for and writes where it runs.
+    requested_host = models.ForeignKey(
+        ExecutorHost,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="requested_jobs",
+        help_text="Run on this host (or this fallback chain's first fit host); blank: routing "
+        "picks a fit host.",
+    )
+    executor_type = models.CharField(
+        max_length=50, blank=True, help_text="Routing: only hosts of this executor type."
+    )
+    host_labels = fields.BoundedJSONField(
+        default=dict,
+        blank=True,
+        help_text='Routing: only hosts whose labels include these, e.g. {"gpu": "a100"}.',
+    )
     host = models.ForeignKey(
-        ExecutorHost, null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
+        ExecutorHost,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="jobs",
+        help_text="Where the current (or last) attempt runs: chosen by routing at launch.",
     )
     priority = fields.IntegerField(
         default=0,
@@ -524,11 +577,22 @@ class ContainerJob(models.Model):
             errors["image"] = f"{fields.short_repr(self.image)} contains whitespace"
         if isinstance(self.cpu_limit, float) and math.isnan(self.cpu_limit):
             errors["cpu_limit"] = "must be a number of cores, not NaN"
-        if self.host_id and not self.host.is_active:
-            errors["host"] = f"host {self.host.name!r} is not active"
+        requested = self.requested_host if self.requested_host_id else None
+        if requested is not None and not requested.is_active:
+            errors["requested_host"] = f"host {requested.name!r} is not active"
+        if not isinstance(self.host_labels, dict):
+            errors["host_labels"] = 'must be a JSON object of label values, e.g. {"gpu": "a100"}'
+        elif self.executor_type:
+            try:
+                validate_executor_type(self.executor_type)
+            except ValidationError as error:
+                errors["executor_type"] = error.messages
         errors.update(self._template_size_errors())
         try:
-            policy.check_job(self)  # what the job may do on its host: see policy.py
+            # What the job may do where it is asked to run (see policy.py); a routed job is
+            # checked against each candidate host's policy again when it is routed.
+            on = requested if requested is not None and not requested.member_names else None
+            policy.check_job(self, on)
         except ValidationError as error:
             for field, messages in error.message_dict.items():
                 # Too deep is the field's own error already (BoundedJSONField).
@@ -600,6 +664,12 @@ class JobAttempt(models.Model):
     host = models.ForeignKey(ExecutorHost, null=True, on_delete=models.SET_NULL)
     worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL)
     execution_id = models.CharField(max_length=255, blank=True)
+    routing = models.TextField(blank=True, help_text="Why this host was chosen.")
+    tries = fields.BoundedJSONField(
+        default=list,
+        blank=True,
+        help_text="Hosts this attempt tried first, and why each could not launch it.",
+    )
     status = models.CharField(max_length=20, choices=JobStatus, default=JobStatus.LAUNCHING)
     exit_code = models.IntegerField(null=True, blank=True)
     error = models.TextField(blank=True)

@@ -295,14 +295,19 @@ def _listed(values) -> str:
     return ", ".join(str(v) for v in values) or "none"
 
 
-def check_job(job: ContainerJob) -> None:
-    """Raise PolicyViolation({field: [messages]}) for everything ``job`` may not do on its host.
+_ITS_HOST = object()
+
+
+def check_job(job: ContainerJob, host: ExecutorHost | None | object = _ITS_HOST) -> None:
+    """Raise PolicyViolation({field: [messages]}) for everything ``job`` may not do on
+    ``host`` (by default the job's own host; None: the settings alone).
 
     Each message names the rule that refuses it: a setting (``ALLOW_PRIVILEGED``) or the
     host's policy key (``the host's allowed_images``). Fields that are not even well formed
     (mounts, capabilities, run_as_user) are reported as such.
     """
-    host = job.host
+    if host is _ITS_HOST:
+        host = job.host
     policy = effective_policy(host)
     on_host = f" on host {host.name!r}" if host is not None else ""
     errors: dict[str, list[str]] = {}

@@ -14,69 +14,99 @@ No executor is ever called inside a claim transaction.
 from datetime import timedelta
 
 from django.db import connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from .conf import setting
 from .models import ContainerJob, ExecutorHost, JobAttempt, Worker
-from .routing import choose_host
+from .routing import route
 from .states import ACTIVE, JobStatus
 
 
-def ready_jobs(host_ids=None):
-    """Queued jobs whose time has come, best first; those waiting for an unhealthy host, held
-    until a health check passes, are not ready."""
+def ready_jobs():
+    """Queued jobs whose time has come, best first."""
     now = timezone.now()
-    jobs = ContainerJob.objects.filter(status=JobStatus.QUEUED, scheduled_for__lte=now).exclude(
-        host__health_status=ExecutorHost.Health.UNHEALTHY
-    )
-    if host_ids is not None:
-        jobs = jobs.filter(host__in=host_ids)
+    jobs = ContainerJob.objects.filter(status=JobStatus.QUEUED, scheduled_for__lte=now)
     return jobs.order_by("-priority", "scheduled_for", "created_at")
 
 
-def host_loads(host_ids) -> dict[int, int]:
-    rows = (
-        ContainerJob.objects.filter(host__in=host_ids, status__in=ACTIVE)
-        .values("host")
-        .annotate(n=Count("pk"))
-    )
-    return {row["host"]: row["n"] for row in rows}
+def routable_hosts(host_ids=None, lock=False) -> list[ExecutorHost]:
+    """Active hosts with their loads; ``host_ids`` limits them to a worker's own hosts (a chain
+    counts when one of its members does). ``lock``: no other claim counts and adds to these
+    loads until this transaction ends, or two could fill a host's last slot."""
+    hosts = ExecutorHost.objects.filter(is_active=True).order_by("pk")
+    if lock and connection.features.has_select_for_update:
+        list(hosts.select_for_update().values_list("pk"))
+    hosts = list(hosts.with_load())
+    if host_ids is not None:
+        mine = {host.name for host in hosts if host.pk in host_ids}
+        hosts = [h for h in hosts if h.name in mine or mine & set(h.member_names)]
+    return hosts
+
+
+def claimable(hosts: list[ExecutorHost]):
+    """Ready jobs that may be routed to one of ``hosts``: any unpinned job, or one that asks
+    for one of them (or for a chain among them) while it is healthy and has a free slot.
+    Filtered in SQL, so jobs waiting for a full or unhealthy host do not crowd out the rest."""
+    open_hosts = [
+        h.pk
+        for h in hosts
+        if h.health_status != ExecutorHost.Health.UNHEALTHY
+        and (h.member_names or h.load < h.max_concurrent_jobs)
+    ]
+    return ready_jobs().filter(Q(requested_host__isnull=True) | Q(requested_host__in=open_hosts))
 
 
 def claim_jobs(worker: Worker, limit: int, host_ids=None) -> list[ContainerJob]:
-    """Claim up to ``limit`` ready jobs for ``worker``, within each host's concurrency limit."""
+    """Claim up to ``limit`` ready jobs for ``worker``, each routed to a fit host."""
     if limit <= 0:
         return []
     claimed = []
     with transaction.atomic():
-        candidates = ready_jobs(host_ids).select_related("host")
+        hosts = routable_hosts(host_ids, lock=True)
+        candidates = claimable(hosts).select_related("requested_host")
         if connection.features.has_select_for_update_skip_locked:
             candidates = candidates.select_for_update(skip_locked=True, of=("self",))
-        # Look past jobs whose host is full, but not through the whole backlog.
-        candidates = list(candidates[: limit * 4])
-        for job in candidates:
-            if job.host is None:
-                job.host = choose_host()
-        hosts = {job.host.pk: job.host for job in candidates}
-        if connection.features.has_select_for_update:
-            # Counting a host's running jobs and adding to them must not interleave with
-            # another worker doing the same, or both could fill its last slot.
-            list(ExecutorHost.objects.select_for_update().filter(pk__in=hosts).order_by("pk"))
-        loads = host_loads(hosts)
-        for job in candidates:
+        loads = {host.pk: host.load for host in hosts}
+        # Look past jobs no host can take now, but not through the whole backlog.
+        for job in candidates[: limit * 4]:
             if len(claimed) == limit:
                 break
-            host = hosts[job.host.pk]
-            if not host.is_active or loads.get(host.pk, 0) >= host.max_concurrent_jobs:
+            chosen = route(job, hosts, loads)
+            if chosen.host is None:
                 continue
             if job.transition(
-                JobStatus.LAUNCHING, host=host, worker=worker, attempts=job.attempts + 1
+                JobStatus.LAUNCHING, host=chosen.host, worker=worker, attempts=job.attempts + 1
             ):
-                JobAttempt.objects.create(job=job, number=job.attempts, host=host, worker=worker)
-                loads[host.pk] = loads.get(host.pk, 0) + 1
+                JobAttempt.objects.create(
+                    job=job,
+                    number=job.attempts,
+                    host=chosen.host,
+                    worker=worker,
+                    routing=chosen.reason,
+                )
+                loads[chosen.host.pk] = loads.get(chosen.host.pk, 0) + 1
                 claimed.append(job)
     return claimed
+
+
+def reroute(job: ContainerJob, tried: list[int], why: str):
+    """Move a launching job's attempt to another fit host after ``why`` made its host fail
+    it; None when no other host is fit (the caller gives the claim back)."""
+    with transaction.atomic():
+        hosts = routable_hosts(lock=True)
+        loads = {host.pk: host.load for host in hosts}
+        chosen = route(job, hosts, loads, exclude=tried)
+        if chosen.host is None:
+            return None
+        attempt = JobAttempt.objects.select_for_update().get(job=job, number=job.attempts)
+        failed_on = job.host.name
+        if not job.transition(JobStatus.LAUNCHING, host=chosen.host):
+            return None
+        attempt.tries = [*attempt.tries, {"host": failed_on, "error": why}]
+        attempt.host, attempt.routing = chosen.host, chosen.reason
+        attempt.save(update_fields=["tries", "host", "routing"])
+    return chosen
 
 
 def promote_due_retries() -> int:
@@ -132,15 +162,21 @@ def release_jobs(worker: Worker) -> int:
 
 
 def has_pending_work(host_ids=None) -> bool:
-    """Whether a job is ready to claim, waiting for its retry, or running anywhere.
+    """Whether a job is ready for a host this worker may use, waiting for its retry, or
+    running anywhere on those hosts.
 
-    Jobs other workers run count too: should their worker die, they need adopting.
+    Jobs other workers run count too: should their worker die, they need adopting. A ready
+    job that no host is fit for (all unhealthy, say) does not: it waits for a health check.
     """
-    jobs = ready_jobs(host_ids).filter(Q(host__isnull=True) | Q(host__is_active=True))
+    hosts = routable_hosts(host_ids)
     unfinished = ContainerJob.objects.filter(status__in=[JobStatus.RETRYING, *ACTIVE])
     if host_ids is not None:
         unfinished = unfinished.filter(host__in=host_ids)
-    return jobs.exists() or unfinished.exists()
+    if unfinished.exists():
+        return True
+    loads = {host.pk: host.load for host in hosts}
+    ready = claimable(hosts).select_related("requested_host")[:100]
+    return any(route(job, hosts, loads).host is not None for job in ready)
 
 
 def active_hosts(names=None):

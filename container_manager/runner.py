@@ -25,11 +25,12 @@ from django.utils import timezone
 from . import policy
 from .conf import setting
 from .db import TRANSIENT_ERRORS, reset_connection, retry_transient
-from .exceptions import ExecutorError, ExecutorUnavailable, PolicyViolation
+from .exceptions import ExecutorError, ExecutorUnavailable, HostError, PolicyViolation
 from .executors.base import NOT_FOUND, Outcome
 from .launching import launch
 from .models import ContainerJob, ExecutorHost, JobAttempt
 from .output import storable
+from .queue import reroute
 from .states import ACTIVE, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -84,27 +85,50 @@ class Runner:
 
     def run(self) -> None:
         """For a job this worker claimed (status ``launching``)."""
+        launched = self.launch()
+        if launched is None or not self.mark_running(*launched):
+            return
+        self.follow(*launched)
+
+    def launch(self):
+        """(executor, execution id) of the started attempt, or None when it was not started.
+
+        A launch that fails for a host-level reason (``HostError``: unreachable, refused) moves
+        on to the next fit host within the same attempt, each try recorded on the attempt;
+        with none left, the claim is given back without spending the attempt.
+        """
         job = self.job
-        try:
-            executor = job.host.get_executor()
-            # Checks the policy again: it may have changed since the job was made.
-            execution_id = launch(job, executor)
-        except TRANSIENT_ERRORS:
-            raise  # nothing recorded: the worker's watchdog resumes the job
-        except PolicyViolation as error:
-            self.record(JobStatus.FAILED, Outcome(None), policy.refusal(error), POLICY)
-            return
-        except ExecutorUnavailable as error:
-            # The host could not be reached: hold the job for it instead of failing it.
-            self.mark_host_unreachable(error)
-            give_back_claim(job, f"host {job.host.name} is unreachable: {error}")
-            return
-        except Exception as error:  # noqa: BLE001 - every failure must end up on the job
-            self.record(JobStatus.FAILED, Outcome(None), describe(error, "launch"), LAUNCH_ERROR)
-            return
-        if not self.mark_running(executor, execution_id):
-            return
-        self.follow(executor, execution_id)
+        tried: list[int] = []
+        while True:
+            try:
+                executor = job.host.get_executor()
+                # Checks the policy again: it may have changed since the job was made.
+                return executor, launch(job, executor)
+            except TRANSIENT_ERRORS:
+                raise  # nothing recorded: the worker's watchdog resumes the job
+            except PolicyViolation as error:
+                self.record(JobStatus.FAILED, Outcome(None), policy.refusal(error), POLICY)
+                return None
+            except HostError as error:
+                if isinstance(error, ExecutorUnavailable):
+                    self.mark_host_unreachable(error)
+                tried.append(job.host.pk)
+                failed_on = job.host.name
+                moved = retry_transient(
+                    lambda error=error: reroute(job, tried, str(error)),
+                    f"job {job.pk}: routing it to another host",
+                )
+                if moved is None:
+                    give_back_claim(job, f"host {failed_on} could not launch it: {error}")
+                    return None
+                logger.warning(
+                    "job %s: %s failed (%s); trying %s", job.pk, failed_on, error, moved.reason
+                )
+            except Exception as error:  # noqa: BLE001 - every failure must end up on the job
+                self.record(
+                    JobStatus.FAILED, Outcome(None), describe(error, "launch"), LAUNCH_ERROR
+                )
+                return None
 
     def resume(self) -> None:
         """For a job this worker holds without following it (adopted from a lost worker, or
@@ -400,7 +424,11 @@ def give_back_claim(job: ContainerJob, why: str) -> None:
 
     def step():
         with transaction.atomic():
-            if job.transition(JobStatus.QUEUED, worker=None, attempts=job.attempts - 1):
+            # The error says why it waits; the attempt was not spent, so its record goes.
+            moved = job.transition(
+                JobStatus.QUEUED, worker=None, attempts=job.attempts - 1, last_error=storable(why)
+            )
+            if moved:
                 JobAttempt.objects.filter(job=job, number=job.attempts + 1).delete()
                 return True
         return False

@@ -6,9 +6,6 @@ masked (``••••••``), unless the caller asks for them revealed for a 
 """
 
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
-from django.db.models import Count, Q
-
-from .states import ACTIVE
 
 
 def _time(value):
@@ -20,6 +17,8 @@ def attempt_to_dict(attempt) -> dict:
         "number": attempt.number,
         "status": attempt.status,
         "host": attempt.host.name if attempt.host else None,
+        "routing": attempt.routing,
+        "tries": list(attempt.tries or []),
         "execution_id": attempt.execution_id,
         "exit_code": attempt.exit_code,
         "error": attempt.error,
@@ -35,8 +34,8 @@ def job_to_dict(job, include_output: bool = False, reveal_secrets: bool = False)
     masked; ``reveal_secrets=True`` shows them in clear: only for a user with
     ``container_manager.reveal_secrets`` who asked.
 
-    For many jobs, fetch them with ``select_related("host", "environment_template",
-    "created_by")`` and ``prefetch_related("attempt_set__host")``.
+    For many jobs, fetch them with ``select_related("host", "requested_host",
+    "environment_template", "created_by")`` and ``prefetch_related("attempt_set__host")``.
     """
     duration = job.duration
     data = {
@@ -54,6 +53,9 @@ def job_to_dict(job, include_output: bool = False, reveal_secrets: bool = False)
         "memory_limit_mb": job.memory_limit,
         "cpu_limit": job.cpu_limit,
         "timeout_seconds": job.timeout_seconds,
+        "requested_host": job.requested_host.name if job.requested_host else None,
+        "executor_type": job.executor_type,
+        "host_labels": job.host_labels,
         "host": job.host.name if job.host else None,
         "priority": job.priority,
         "scheduled_for": _time(job.scheduled_for),
@@ -80,16 +82,12 @@ def job_to_dict(job, include_output: bool = False, reveal_secrets: bool = False)
     return data
 
 
-def with_running_jobs(hosts):
-    """Annotate a host queryset with ``running_jobs``: its jobs a worker holds now."""
-    return hosts.annotate(running_jobs=Count("jobs", filter=Q(jobs__status__in=ACTIVE)))
-
-
 def host_to_dict(host) -> dict:
-    """A host as JSON-ready data; ``host`` should come from ``with_running_jobs``."""
-    running = getattr(host, "running_jobs", None)
+    """A host as JSON-ready data; ``host`` should come from ``ExecutorHost.objects.with_load()``
+    (``running_jobs``: what workers hold on it now)."""
+    running = getattr(host, "load", None)
     if running is None:
-        running = host.jobs.filter(status__in=ACTIVE).count()
+        running = type(host).objects.with_load().get(pk=host.pk).load
     return {
         "name": host.name,
         "executor_type": host.executor_type,
@@ -99,9 +97,12 @@ def host_to_dict(host) -> dict:
         "running_jobs": running,
         "max_concurrent_jobs": host.max_concurrent_jobs,
         "labels": host.labels,
+        "members": host.member_names,
         "health_status": host.health_status,
         "health_message": host.health_message,
+        "health_failures": host.health_failures,
         "last_health_check": _time(host.last_health_check),
+        "next_health_check": _time(host.next_health_check_at),
     }
 
 

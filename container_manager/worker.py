@@ -7,8 +7,9 @@ makes sure of it: every job this worker holds without a live thread (a runner th
 early, say during a long database outage, or a claim whose commit answer was lost) is
 resumed, so no job is ever held by a live worker and watched by nobody.
 
-Unhealthy hosts get no new jobs (see ``queue.ready_jobs``); the worker checks them again,
-with a growing pause, and one check passing brings a host back.
+Workers check every host's health, one worker per check (``HEALTH_CHECK_INTERVAL``); an
+unhealthy host gets no new jobs (see ``routing``), is checked again with a growing pause, and
+one check passing brings it back.
 """
 
 import logging
@@ -33,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 # Seconds between sweeps for what finished attempts could not remove (see janitor).
 SWEEP_INTERVAL = 60.0
-# Seconds between looks for unhealthy hosts due for a check.
-RECHECK_INTERVAL = 0.5
+# Seconds between looks for hosts due for a health check.
+CHECK_LOOK_INTERVAL = 0.5
 # Once running jobs are released (a second SIGTERM), how long their threads get to notice
 # before the worker signs off without them.
 RELEASE_WAIT_SECONDS = 5.0
@@ -114,7 +115,7 @@ class Worker:
     # -- the loop --------------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_heartbeat = next_sweep = next_recheck = 0.0
+        next_heartbeat = next_sweep = next_check = 0.0
         while True:
             self._reap()
             if self.stopping.is_set():
@@ -132,9 +133,9 @@ class Worker:
                 if time.monotonic() >= next_sweep:
                     self._sweep()
                     next_sweep = time.monotonic() + SWEEP_INTERVAL
-                if time.monotonic() >= next_recheck:
-                    self._recheck_hosts()
-                    next_recheck = time.monotonic() + RECHECK_INTERVAL
+                if time.monotonic() >= next_check:
+                    self._check_hosts()
+                    next_check = time.monotonic() + CHECK_LOOK_INTERVAL
                 if not self.stopping.is_set():
                     started = self._take_work()
                     idle = not self.running and not started
@@ -231,17 +232,17 @@ class Worker:
         )
         self.sweeper.start()
 
-    def _recheck_hosts(self) -> None:
-        """Check the unhealthy hosts whose time has come, in a thread of its own: an
-        unreachable host may take a while to answer, or not answer at all."""
+    def _check_hosts(self) -> None:
+        """Check the hosts whose time has come (see ``recheck_delay``), in a thread of its
+        own: an unreachable host may take a while to answer, or not answer at all."""
         if self.checker is not None and self.checker.is_alive():
             return
         due = [
             host
-            for host in ExecutorHost.objects.due_for_recheck().filter(
+            for host in ExecutorHost.objects.due_for_check().filter(
                 pk__in=queue.active_hosts(self.host_names)
             )
-            if ExecutorHost.objects.take_recheck(host)
+            if ExecutorHost.objects.take_check(host)
         ]
         if not due:
             return
@@ -255,11 +256,12 @@ class Worker:
 
     @staticmethod
     def _check(host) -> None:
+        was = host.health_status
         health = host.check_health()
-        if health.healthy:
+        if health.healthy and was == ExecutorHost.Health.UNHEALTHY:
             logger.info("host %s is healthy again: %s", host.name, health.message)
-        else:
-            logger.info("host %s still unhealthy: %s", host.name, health.message)
+        elif not health.healthy:
+            logger.warning("host %s is unhealthy: %s", host.name, health.message)
 
     def _heartbeat(self) -> None:
         WorkerRecord.objects.filter(pk=self.record.pk).update(last_heartbeat=timezone.now())

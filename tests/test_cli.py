@@ -163,10 +163,15 @@ def test_create_with_every_option(mock_host):
     assert "secret" not in out
 
 
-def test_create_without_host_lets_routing_choose(mock_host):
+def test_create_without_host_lets_routing_choose(transactional_db, mock_host):
     ExecutorHost.objects.create(name="off", executor_type="mock", is_active=False)
     run("create", "--image", "alpine", "--", "true")
-    assert ContainerJob.objects.get().host == mock_host
+    job = ContainerJob.objects.get()
+    assert (job.requested_host, job.host) == (None, None)  # chosen when it is launched
+    call_command("process_container_jobs", "--until-idle", "--poll-interval", "0.05")
+    job.refresh_from_db()
+    assert (job.status, job.host) == ("completed", mock_host)
+    assert job.attempt_set.get().routing == "mock: 0 of 10 slots busy, weight 100"
 
 
 @pytest.mark.parametrize(
@@ -215,7 +220,7 @@ def test_create_on_an_inactive_host_is_refused(mock_host):
 
 
 def test_create_without_any_host_is_refused(db):
-    with pytest.raises(CommandError, match="host: no active executor host is configured"):
+    with pytest.raises(CommandError, match="host: no active host fits: any active host"):
         run("create", "--image", "alpine")
     assert ContainerJob.objects.count() == 0
 
@@ -547,9 +552,10 @@ def test_hosts_lists_hosts_with_their_load(mock_host):
         "ACTIVE",
         "HEALTH",
         "RUNNING",
+        "WEIGHT",
         "CHECKED",
     ]
-    assert lines[1].split() == ["mock", "mock", "(default)", "yes", "unknown", "1/10", "-"]
+    assert lines[1].split() == ["mock", "mock", "(default)", "yes", "unknown", "1/10", "100", "-"]
 
     data = json.loads(run("hosts", "--json"))
     assert data[0]["name"] == "mock"

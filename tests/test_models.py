@@ -106,8 +106,10 @@ def test_inactive_host_is_rejected(mock_host):
     assert "not active" in str(error.value.message_dict["host"])
 
 
-def test_no_host_given_routes_to_an_active_one(mock_host):
-    assert create_job("img").host == mock_host
+def test_no_host_given_is_routed_when_launched(mock_host):
+    job = create_job("img")
+    assert (job.requested_host, job.host) == (None, None)
+    assert create_job("img", host=mock_host).host == mock_host  # a named host is the choice
 
 
 def test_environment_is_template_plus_overrides(mock_host):

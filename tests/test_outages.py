@@ -212,11 +212,11 @@ def test_host_rechecks_back_off_and_one_worker_takes_each():
     host.refresh_from_db()
     assert (host.health_failures, host.health_message) == (1, "down")
     time.sleep(0.15)
-    due = list(ExecutorHost.objects.due_for_recheck())
+    due = list(ExecutorHost.objects.due_for_check())
     assert due == [host]
-    assert ExecutorHost.objects.take_recheck(due[0])
-    assert not ExecutorHost.objects.take_recheck(due[0])  # another worker got there first
+    assert ExecutorHost.objects.take_check(due[0])
+    assert not ExecutorHost.objects.take_check(due[0])  # another worker got there first
     host.check_health()
     host.refresh_from_db()
     assert host.health_failures == 2
-    assert not ExecutorHost.objects.due_for_recheck().exists()
+    assert not ExecutorHost.objects.due_for_check().exists()

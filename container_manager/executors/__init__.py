@@ -15,6 +15,7 @@ from .base import BaseExecutor, Health, Outcome
 
 BUILTIN_EXECUTORS = {
     "docker": "container_manager.executors.docker.DockerExecutor",
+    "fallback": "container_manager.executors.fallback.FallbackChain",
     "mock": "container_manager.executors.mock.MockExecutor",
 }
 

@@ -76,6 +76,12 @@ class BaseExecutor:
         """Raise ValidationError naming the key when ``executor_config`` is unusable."""
 
     @classmethod
+    def member_names(cls, config: dict) -> list[str]:
+        """The hosts a host of this type routes its jobs to, in order: a host that runs
+        nothing itself (a fallback chain) names them; every other host runs jobs: []."""
+        return []
+
+    @classmethod
     def validate_host(cls, host: HostSpec) -> None:
         """Raise ValidationError ({field: message}) when the host's settings are unsafe or
         unusable for this backend (called when a host is validated). Nothing by default."""

@@ -31,7 +31,6 @@ from container_manager.serializers import (
     host_to_dict,
     job_to_dict,
     validation_error_lines,
-    with_running_jobs,
 )
 from container_manager.states import InvalidTransition, JobStatus
 
@@ -48,6 +47,7 @@ CREATE_FIELDS = {
     "priority": "priority",
     "max_attempts": "max_attempts",
     "run_as": "run_as_user",
+    "executor_type": "executor_type",
 }
 # Switches that loosen the container's confinement (each must be allowed by the policy).
 CONFINEMENT_SWITCHES = ("read_only_root", "privileged", "host_network", "host_pid")
@@ -111,6 +111,15 @@ def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
     return data, b""
 
 
+def routing_request(job) -> str:
+    """What the job asked routing for, in words."""
+    wants = [f"host {job.requested_host.name}"] if job.requested_host else []
+    if job.executor_type:
+        wants.append(f"type {job.executor_type}")
+    wants += [f"{key}={value}" for key, value in sorted((job.host_labels or {}).items())]
+    return ", ".join(wants) or "any active host"
+
+
 def when(value) -> str:
     return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z") if value else "-"
 
@@ -159,6 +168,17 @@ class Command(BaseCommand):
         create.add_argument("--image", required=True, help="Image to run, e.g. alpine:3.20.")
         create.add_argument(
             "--host", help="Executor host name (default: chosen by routing among active hosts)."
+        )
+        create.add_argument(
+            "--executor-type",
+            help="Routing: only hosts of this executor type (docker, mock, ...).",
+        )
+        create.add_argument(
+            "--label",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="Routing: only hosts with this label (repeatable).",
         )
         create.add_argument("--name", help="A name for people.")
         create.add_argument(
@@ -366,6 +386,8 @@ class Command(BaseCommand):
             fields["capabilities"] = options["cap_add"]
         if options["mount"]:
             fields["mounts"] = [parse_mount(text) for text in options["mount"]]
+        if options["label"]:
+            fields["host_labels"] = parse_env(options["label"], "host_labels")
         job = api.create_job(
             options["image"],
             options["argv"],
@@ -379,8 +401,8 @@ class Command(BaseCommand):
         if options["as_json"]:
             self.write_json(job_to_dict(job))
         else:
-            host = job.host.name if job.host else "-"
-            self.stdout.write(f"Created job {job.pk} (status: {job.status}, host: {host})")
+            where = job.host.name if job.host else "chosen by routing at launch"
+            self.stdout.write(f"Created job {job.pk} (status: {job.status}, host: {where})")
 
     def handle_list(self, options):
         jobs = ContainerJob.objects.select_related("host")
@@ -428,7 +450,9 @@ class Command(BaseCommand):
             [
                 f"#{attempt.number}",
                 attempt.status,
-                attempt.host.name if attempt.host else "-",
+                " → ".join([*(t["host"] for t in attempt.tries), attempt.host.name])
+                if attempt.host
+                else "-",
                 attempt.execution_id or "-",
                 "-" if attempt.exit_code is None else str(attempt.exit_code),
                 when(attempt.started_at),
@@ -471,6 +495,7 @@ class Command(BaseCommand):
             ("ID", job.pk),
             ("Name", job.name or "-"),
             ("Status", status),
+            ("Requested", routing_request(job)),
             ("Host", job.host.name if job.host else "-"),
             ("Execution ID", job.get_execution_identifier() or "-"),
             ("Image", job.image),
@@ -612,7 +637,7 @@ class Command(BaseCommand):
             )
 
     def handle_hosts(self, options):
-        hosts = list(with_running_jobs(ExecutorHost.objects.all()))
+        hosts = list(ExecutorHost.objects.with_load())
         unhealthy = []
         if options["check"]:
             for host in hosts:
@@ -636,16 +661,26 @@ class Command(BaseCommand):
                     host.connection_string or "(default)",
                     "yes" if host.is_active else "no",
                     host.health_status,
-                    f"{host.running_jobs}/{host.max_concurrent_jobs}",
+                    f"{host.load}/{host.max_concurrent_jobs}",
+                    str(host.weight),
                     when(host.last_health_check),
                 ]
                 for host in hosts
             ]
-            headers = ["NAME", "TYPE", "CONNECTION", "ACTIVE", "HEALTH", "RUNNING", "CHECKED"]
+            headers = [
+                "NAME",
+                "TYPE",
+                "CONNECTION",
+                "ACTIVE",
+                "HEALTH",
+                "RUNNING",
+                "WEIGHT",
+                "CHECKED",
+            ]
             for line in table(headers, rows):
                 self.stdout.write(line)
-            if options["check"]:
-                for host in hosts:
+            for host in hosts:
+                if options["check"] or host.health_status == ExecutorHost.Health.UNHEALTHY:
                     self.stdout.write(f"{host.name}: {host.health_status}: {host.health_message}")
         if unhealthy:
             raise CommandError(f"unhealthy host(s): {', '.join(unhealthy)}")
