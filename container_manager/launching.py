@@ -32,6 +32,8 @@ def launch_spec(job: ContainerJob) -> LaunchSpec:
     except SecretError as error:
         raise LaunchError(str(error)) from None
     shown = job.get_environment_display()
+    # Only a claimed job is launched, and claiming routes it to a host (queue.claim_jobs).
+    assert job.host is not None, f"job {job.pk} is launched without a host"
     return LaunchSpec(
         job_id=str(job.pk),
         attempt=job.attempts,

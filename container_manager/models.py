@@ -6,6 +6,7 @@ import math
 import shlex
 import uuid
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -21,6 +22,9 @@ from .output import storable
 from .spec import HostSpec
 from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transition
 
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
 
 def recheck_delay(failures: int) -> float:
     """Seconds before a host is checked again: ``HEALTH_CHECK_INTERVAL`` while it is healthy,
@@ -31,8 +35,14 @@ def recheck_delay(failures: int) -> float:
     return min(most, base * 2 ** (failures - 1))
 
 
+class HostLoad(TypedDict):
+    """What ``ExecutorHostQuerySet.with_load`` adds to each host."""
+
+    load: int
+
+
 class ExecutorHostQuerySet(models.QuerySet):
-    def with_load(self):
+    def with_load(self) -> "models.QuerySet[HostWithLoad]":
         """Hosts annotated with ``load``: the jobs launching or running on each, counted
         across all workers. The one place a host's load is computed."""
         return self.annotate(load=models.Count("jobs", filter=models.Q(jobs__status__in=ACTIVE)))
@@ -142,7 +152,8 @@ class ExecutorHost(models.Model):
             raise ValidationError({"executor_config": "must be a JSON object"})
         if not isinstance(self.labels, dict):
             raise ValidationError({"labels": "must be a JSON object"})
-        errors = {}
+        # Per field, its messages: strings, and the ValidationErrors update_error_dict adds.
+        errors: dict[str, list[Any]] = {}
         # JSON nested too deep is its field's own error (BoundedJSONField) and is not looked
         # into further: a message quoting it with repr() would recurse away.
         if not fields.json_depth_error(self.policy):
@@ -241,6 +252,11 @@ class ExecutorHost(models.Model):
                 "next_health_check_at",
             ]
         )
+
+
+if TYPE_CHECKING:
+    # A host from ``ExecutorHost.objects.with_load()``.
+    HostWithLoad = WithAnnotations[ExecutorHost, HostLoad]
 
 
 class EnvironmentVariableTemplate(models.Model):
@@ -350,6 +366,9 @@ class ContainerJob(models.Model):
     """
 
     Status = JobStatus
+
+    # The status as last read from or written to the database (None: not known).
+    _loaded_status: str | None
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200, blank=True)
@@ -569,7 +588,7 @@ class ContainerJob(models.Model):
         fields.clean_fields(self, exclude, super().clean_fields)
 
     def clean(self):
-        errors = {}
+        errors: dict[str, str | list[str]] = {}
         # A blank or missing image is reported by the field itself.
         if self.image and not self.image.strip():
             errors["image"] = "is required (e.g. alpine:3.20)"

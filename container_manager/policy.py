@@ -15,11 +15,12 @@ executor maps that one description to its backend (see the README, Security).
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
@@ -69,6 +70,13 @@ def capability_name(name: str) -> str | None:
         return None
     bare = name.removeprefix("CAP_")
     return bare if CAPABILITY.match(bare) else None
+
+
+def _checked_capability(name: str) -> str:
+    """``capability_name`` of a name that ``_capabilities`` (or ``check_job``) has accepted."""
+    bare = capability_name(name)
+    assert bare is not None, f"{name!r} is not a capability name; its shape was checked"
+    return bare
 
 
 def _capabilities(value) -> bool:
@@ -140,7 +148,9 @@ def _global(key: str):
 class Rule:
     """One layer of the policy for one key: its value, and how to name it in a message."""
 
-    value: object
+    # Of the shape POLICY_KEYS gives its key (checked before a Rule is made): a list of
+    # strings, a number or a bool.
+    value: Any
     name: str  # "ALLOW_PRIVILEGED" or "the host's allow_privileged"
 
 
@@ -182,7 +192,9 @@ class EffectivePolicy:
 
     @property
     def allowed_capabilities(self) -> list[str]:
-        layers = [[capability_name(c) for c in r.value] for r in self.rules["allowed_capabilities"]]
+        layers = [
+            [_checked_capability(c) for c in r.value] for r in self.rules["allowed_capabilities"]
+        ]
         return [c for c in dict.fromkeys(layers[0]) if all(c in layer for layer in layers)]
 
     @property
@@ -214,7 +226,9 @@ def effective_policy(host: ExecutorHost | None) -> EffectivePolicy:
     A host policy that is not valid (it was saved without validation) raises
     PolicyViolation on ``host``: an unreadable policy must not let anything through.
     """
-    rules = {key: (Rule(_global(key), POLICY_KEYS[key][0]),) for key in POLICY_KEYS}
+    rules: dict[str, tuple[Rule, ...]] = {
+        key: (Rule(_global(key), POLICY_KEYS[key][0]),) for key in POLICY_KEYS
+    }
     if host is None:
         return EffectivePolicy(None, rules)
     try:
@@ -269,7 +283,7 @@ def validate_host_policy(policy) -> None:
                 f"{tighten_only}"
             )
         elif key == "allowed_capabilities":
-            allowed = {capability_name(c) for c in current}
+            allowed = {_checked_capability(c) for c in current}
             extra = [c for c in value if capability_name(c) not in allowed]
             if extra:
                 errors.append(
@@ -295,10 +309,16 @@ def _listed(values) -> str:
     return ", ".join(str(v) for v in values) or "none"
 
 
-_ITS_HOST = object()
+class _Default(enum.Enum):
+    ITS_HOST = "the job's own host"
 
 
-def check_job(job: ContainerJob, host: ExecutorHost | None | object = _ITS_HOST) -> None:
+_ITS_HOST = _Default.ITS_HOST
+
+
+def check_job(
+    job: ContainerJob, host: ExecutorHost | None | Literal[_Default.ITS_HOST] = _ITS_HOST
+) -> None:
     """Raise PolicyViolation({field: [messages]}) for everything ``job`` may not do on
     ``host`` (by default the job's own host; None: the settings alone).
 
@@ -497,7 +517,7 @@ def confinement(job: ContainerJob) -> Confinement:
             f"CONTAINER_MANAGER['PIDS_LIMIT'] must be a whole number greater than 0, "
             f"not {pids_limit!r}"
         )
-    capabilities = [capability_name(c) for c in [*defaults, *(job.capabilities or [])]]
+    capabilities = [_checked_capability(c) for c in [*defaults, *(job.capabilities or [])]]
     return Confinement(
         user=job.run_as_user or None,
         read_only_root=bool(job.read_only_root),

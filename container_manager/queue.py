@@ -11,7 +11,10 @@ processes run one after another, never interleaved.
 No executor is ever called inside a claim transaction.
 """
 
+from __future__ import annotations
+
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.db import connection, transaction
 from django.db.models import Q
@@ -22,6 +25,9 @@ from .models import ContainerJob, ExecutorHost, JobAttempt, Worker
 from .routing import route
 from .states import ACTIVE, JobStatus
 
+if TYPE_CHECKING:
+    from .models import HostWithLoad
+
 
 def ready_jobs():
     """Queued jobs whose time has come, best first."""
@@ -30,21 +36,21 @@ def ready_jobs():
     return jobs.order_by("-priority", "scheduled_for", "created_at")
 
 
-def routable_hosts(host_ids=None, lock=False) -> list[ExecutorHost]:
+def routable_hosts(host_ids=None, lock=False) -> list[HostWithLoad]:
     """Active hosts with their loads; ``host_ids`` limits them to a worker's own hosts (a chain
     counts when one of its members does). ``lock``: no other claim counts and adds to these
     loads until this transaction ends, or two could fill a host's last slot."""
-    hosts = ExecutorHost.objects.filter(is_active=True).order_by("pk")
+    active = ExecutorHost.objects.filter(is_active=True).order_by("pk")
     if lock and connection.features.has_select_for_update:
-        list(hosts.select_for_update().values_list("pk"))
-    hosts = list(hosts.with_load())
+        list(active.select_for_update().values_list("pk"))
+    hosts: list[HostWithLoad] = list(active.with_load())
     if host_ids is not None:
         mine = {host.name for host in hosts if host.pk in host_ids}
         hosts = [h for h in hosts if h.name in mine or mine & set(h.member_names)]
     return hosts
 
 
-def claimable(hosts: list[ExecutorHost]):
+def claimable(hosts: list[HostWithLoad]):
     """Ready jobs that may be routed to one of ``hosts``: any unpinned job, or one that asks
     for one of them (or for a chain among them) while it is healthy and has a free slot.
     Filtered in SQL, so jobs waiting for a full or unhealthy host do not crowd out the rest."""
@@ -61,7 +67,7 @@ def claim_jobs(worker: Worker, limit: int, host_ids=None) -> list[ContainerJob]:
     """Claim up to ``limit`` ready jobs for ``worker``, each routed to a fit host."""
     if limit <= 0:
         return []
-    claimed = []
+    claimed: list[ContainerJob] = []
     with transaction.atomic():
         hosts = routable_hosts(host_ids, lock=True)
         candidates = claimable(hosts).select_related("requested_host")
@@ -100,6 +106,8 @@ def reroute(job: ContainerJob, tried: list[int], why: str):
         if chosen.host is None:
             return None
         attempt = JobAttempt.objects.select_for_update().get(job=job, number=job.attempts)
+        # A launching job has the host its claim routed it to: the one that failed it.
+        assert job.host is not None, f"launching job {job.pk} has no host"
         failed_on = job.host.name
         if not job.transition(JobStatus.LAUNCHING, host=chosen.host):
             return None

@@ -76,7 +76,9 @@ def route(
         fit = allowed
     if ordered:
         chosen = fit[0]
-        why = f"{chosen.name}: the first fit host of chain {job.requested_host.name}"
+        chain = job.requested_host
+        assert chain is not None  # candidates are in the job's order only for a requested chain
+        why = f"{chosen.name}: the first fit host of chain {chain.name}"
     else:
         chosen = min(fit, key=lambda h: ((loads.get(h.pk, 0) + 1) / max(h.weight, 1), h.name))
         why = f"{chosen.name}: {_load(chosen, loads)}, weight {chosen.weight}"
@@ -123,8 +125,9 @@ def _load(host: ExecutorHost, loads: dict[int, int]) -> str:
 
 def _wanted(job: ContainerJob) -> str:
     wants = []
-    if job.requested_host_id:
-        wants.append(f"host {job.requested_host.name}")
+    requested = job.requested_host if job.requested_host_id else None
+    if requested is not None:
+        wants.append(f"host {requested.name}")
     if job.executor_type:
         wants.append(f"executor type {job.executor_type!r}")
     if job.host_labels:

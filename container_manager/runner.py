@@ -79,9 +79,19 @@ class Runner:
         self.job = job
         self.release = release
         self.owner = job.worker_id
-        self.deadline = None  # time.monotonic() by which the job's timeout is up
-        self.outage_started = None  # time.monotonic() when the host stopped answering
+        # time.monotonic() by which the job's timeout is up (set by ``supervise``)
+        self.deadline: float | None = None
+        # time.monotonic() when the host stopped answering
+        self.outage_started: float | None = None
         self.outage_seconds = 0.0  # how long the host was unreachable while followed
+
+    @property
+    def host(self) -> ExecutorHost:
+        """The job's host: a runner only gets a job that was claimed, and claiming routed it
+        to a host (``queue.claim_jobs``; ``queue.reroute`` may move it to another)."""
+        host = self.job.host
+        assert host is not None, f"job {self.job.pk} has no host"
+        return host
 
     def run(self) -> None:
         """For a job this worker claimed (status ``launching``)."""
@@ -101,7 +111,7 @@ class Runner:
         tried: list[int] = []
         while True:
             try:
-                executor = job.host.get_executor()
+                executor = self.host.get_executor()
                 # Checks the policy again: it may have changed since the job was made.
                 return executor, launch(job, executor)
             except TRANSIENT_ERRORS:
@@ -112,8 +122,8 @@ class Runner:
             except HostError as error:
                 if isinstance(error, ExecutorUnavailable):
                     self.mark_host_unreachable(error)
-                tried.append(job.host.pk)
-                failed_on = job.host.name
+                tried.append(self.host.pk)
+                failed_on = self.host.name
                 moved = retry_transient(
                     lambda error=error: reroute(job, tried, str(error)),
                     f"job {job.pk}: routing it to another host",
@@ -137,7 +147,7 @@ class Runner:
         if not retry_transient(self.still_mine, f"job {job.pk}: resuming"):
             return
         try:
-            executor = job.host.get_executor()
+            executor = self.host.get_executor()
             execution_id = job.execution_id
             if job.status == JobStatus.LAUNCHING:
                 try:
@@ -146,7 +156,7 @@ class Runner:
                     # Launches are idempotent per attempt (see BaseExecutor.start): should
                     # something have started, the next launch of this attempt finds it.
                     self.mark_host_unreachable(error)
-                    give_back_claim(job, f"host {job.host.name} is unreachable: {error}")
+                    give_back_claim(job, f"host {self.host.name} is unreachable: {error}")
                     return
                 if execution_id is None:
                     # Nothing was started: give the claim back without spending an attempt.
@@ -203,7 +213,7 @@ class Runner:
             executor.stop(execution_id, 0)
             executor.cleanup(execution_id)
         else:
-            logger.info("job %s running as %s on %s", job.pk, execution_id, job.host.name)
+            logger.info("job %s running as %s on %s", job.pk, execution_id, self.host.name)
         return moved
 
     def follow(self, executor, execution_id: str) -> None:
@@ -213,6 +223,7 @@ class Runner:
             if verdict is RELEASED:
                 logger.info("job %s released with %s still running", job.pk, execution_id)
                 return
+            assert self.deadline is not None  # set by supervise
             harvest_by = max(
                 self.deadline + setting("STOP_GRACE_SECONDS"), _in(MIN_HARVEST_SECONDS)
             )
@@ -299,7 +310,7 @@ class Runner:
                 logger.info(
                     "job %s: host %s answers again after %.0f s",
                     self.job.pk,
-                    self.job.host.name,
+                    self.host.name,
                     lasted,
                 )
             return result
@@ -312,22 +323,22 @@ class Runner:
             logger.warning(
                 "job %s: host %s unreachable (%s); following it for up to %g s",
                 self.job.pk,
-                self.job.host.name,
+                self.host.name,
                 error,
                 grace,
             )
             self.mark_host_unreachable(error)
         elif now - self.outage_started > grace:
             raise OutageTooLong(
-                f"host {self.job.host.name} was unreachable for more than {grace:g} s "
+                f"host {self.host.name} was unreachable for more than {grace:g} s "
                 f"(ENGINE_OUTAGE_GRACE) while this job ran; its outcome is unknown. "
                 f"Last error: {error}"
             )
 
     def mark_host_unreachable(self, error: ExecutorError) -> None:
         try:
-            if ExecutorHost.objects.mark_unreachable(self.job.host, str(error)):
-                logger.warning("host %s marked unhealthy: %s", self.job.host.name, error)
+            if ExecutorHost.objects.mark_unreachable(self.host, str(error)):
+                logger.warning("host %s marked unhealthy: %s", self.host.name, error)
         except TRANSIENT_ERRORS:
             reset_connection()  # the recheck will find it out anyway
 
@@ -338,7 +349,7 @@ class Runner:
         return Verdict(
             JobStatus.FAILED,
             f"container exited with code {outcome.exit_code} around an outage of host "
-            f"{self.job.host.name} (unreachable for {self.outage_seconds:.0f} s): most likely "
+            f"{self.host.name} (unreachable for {self.outage_seconds:.0f} s): most likely "
             "it was stopped with its engine",
             EXECUTOR_ERROR,
         )

@@ -25,7 +25,7 @@ from django.utils import timezone
 from . import janitor, queue
 from .conf import setting
 from .db import TRANSIENT_ERRORS
-from .models import ExecutorHost
+from .models import ContainerJob, ExecutorHost
 from .models import Worker as WorkerRecord
 from .notify import Listener
 from .runner import Runner
@@ -59,12 +59,12 @@ class Worker:
         self.stopping = threading.Event()  # no more claiming
         self.release = threading.Event()  # running jobs are let go, for another worker
         self.wake = threading.Event()  # something happened: look again now
-        self.running: dict[threading.Thread, object] = {}  # runner thread -> its job
-        self.record = None
+        self.running: dict[threading.Thread, ContainerJob] = {}  # runner thread -> its job
+        self.record: WorkerRecord | None = None  # this worker's row, from ``run`` on
         self.jobs_finished = 0
-        self.stop_deadline = None
-        self.sweeper = None
-        self.checker = None
+        self.stop_deadline: float | None = None  # time.monotonic(); set with ``stopping``
+        self.sweeper: threading.Thread | None = None
+        self.checker: threading.Thread | None = None
         # After a database outage, other workers' heartbeats are as stale as this one's:
         # their jobs are not adopted until they have had time to beat again.
         self.adopt_after = 0.0
@@ -112,6 +112,11 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
 
+    def _own_record(self) -> WorkerRecord:
+        """This worker's row: ``run`` creates it before anything that needs it runs."""
+        assert self.record is not None, "the worker has not been started (run)"
+        return self.record
+
     # -- the loop --------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -121,6 +126,7 @@ class Worker:
             if self.stopping.is_set():
                 if not self.running:
                     return
+                assert self.stop_deadline is not None  # request_stop sets it before ``stopping``
                 if self.release.is_set() or time.monotonic() >= self.stop_deadline:
                     self.release.set()
                     return
@@ -166,13 +172,14 @@ class Worker:
         free = self.max_concurrent - len(self.running)
         adopted = []
         if time.monotonic() >= self.adopt_after:
-            adopted = queue.adopt_orphans(self.record, free, host_ids)
+            adopted = queue.adopt_orphans(self._own_record(), free, host_ids)
         for job in adopted:
             logger.info("adopted job %s (%s) from a lost worker", job.pk, job.status)
             self._submit(Runner(job, self.release).resume, job)
         queue.promote_due_retries()
-        claimed = queue.claim_jobs(self.record, free - len(adopted), host_ids)
+        claimed = queue.claim_jobs(self._own_record(), free - len(adopted), host_ids)
         for job in claimed:
+            assert job.host is not None  # claim_jobs routes each job it claims to a host
             logger.info("claimed job %s (%s) for host %s", job.pk, job, job.host.name)
             self._submit(Runner(job, self.release).run, job)
         return len(adopted) + len(claimed)
@@ -182,7 +189,7 @@ class Worker:
         # Taken before the query: a thread that ends after it wrote its job's outcome must
         # not make that job look unwatched.
         watched = {job.pk for thread, job in self.running.items() if thread.is_alive()}
-        for job in queue.owned_jobs(self.record):
+        for job in queue.owned_jobs(self._own_record()):
             if job.pk not in watched:
                 logger.warning("job %s (%s) had no runner; resuming it", job.pk, job.status)
                 self._submit(Runner(job, self.release).resume, job)
@@ -264,15 +271,16 @@ class Worker:
             logger.warning("host %s is unhealthy: %s", host.name, health.message)
 
     def _heartbeat(self) -> None:
-        WorkerRecord.objects.filter(pk=self.record.pk).update(last_heartbeat=timezone.now())
+        WorkerRecord.objects.filter(pk=self._own_record().pk).update(last_heartbeat=timezone.now())
 
     def _sign_off(self) -> None:
         """Hand back what is still running, and say this worker is gone."""
         for attempt in range(3):
             try:
                 close_old_connections()
-                released = queue.release_jobs(self.record)
-                WorkerRecord.objects.filter(pk=self.record.pk).update(stopped_at=timezone.now())
+                record = self._own_record()
+                released = queue.release_jobs(record)
+                WorkerRecord.objects.filter(pk=record.pk).update(stopped_at=timezone.now())
                 if released:
                     logger.info("released %d running job(s) for another worker", released)
                 return

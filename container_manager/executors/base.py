@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..exceptions import (
     ExecutorError,
@@ -72,11 +72,11 @@ class BaseExecutor:
         self.config = dict(host.config)
 
     @classmethod
-    def validate_config(cls, config: dict) -> None:
+    def validate_config(cls, config: dict[str, Any]) -> None:
         """Raise ValidationError naming the key when ``executor_config`` is unusable."""
 
     @classmethod
-    def member_names(cls, config: dict) -> list[str]:
+    def member_names(cls, config: dict[str, Any]) -> list[str]:
         """The hosts a host of this type routes its jobs to, in order: a host that runs
         nothing itself (a fallback chain) names them; every other host runs jobs: []."""
         return []

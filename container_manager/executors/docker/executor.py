@@ -266,16 +266,18 @@ class DockerExecutor(BaseExecutor):
         with self._state_lock:
             sampler = self._samplers.get(execution_id)
             seen_exit_code = self._exit_codes.get(execution_id)
-        usage = {
-            "peak_memory_bytes": sampler.peak_memory_bytes if sampler else None,
-            "cpu_seconds": sampler.cpu_seconds if sampler else None,
-        }
+        peak_memory_bytes = sampler.peak_memory_bytes if sampler else None
+        cpu_seconds = sampler.cpu_seconds if sampler else None
         auto_removed = self.config.get("auto_remove", False)
         gone = ExecutorError(f"container {execution_id} no longer exists on host {self.host.name}")
         if attrs is None:
             if auto_removed and seen_exit_code is not None:
                 # The engine removed it after this executor saw it exit; its output went too.
-                return Outcome(exit_code=seen_exit_code, **usage)
+                return Outcome(
+                    exit_code=seen_exit_code,
+                    peak_memory_bytes=peak_memory_bytes,
+                    cpu_seconds=cpu_seconds,
+                )
             raise gone
         state = attrs["State"]
         if state["Status"] in LIVE_STATES:
@@ -337,7 +339,8 @@ class DockerExecutor(BaseExecutor):
             stderr=stderr.text(),
             oom_killed=oom_killed,
             error="; ".join(errors),
-            **usage,
+            peak_memory_bytes=peak_memory_bytes,
+            cpu_seconds=cpu_seconds,
         )
 
     def stream_logs(self, execution_id, follow=False):

@@ -23,8 +23,8 @@ class UsageSampler:
     def __init__(self, api, container_id):
         self.api = api
         self.container_id = container_id
-        self.peak_memory_bytes = None
-        self.cpu_seconds = None
+        self.peak_memory_bytes: int | None = None
+        self.cpu_seconds: float | None = None
         self.stopped = threading.Event()
         self.thread = threading.Thread(
             target=self._run, name=f"docker-stats-{container_id[:12]}", daemon=True

@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -33,6 +34,9 @@ from container_manager.serializers import (
     validation_error_lines,
 )
 from container_manager.states import InvalidTransition, JobStatus
+
+if TYPE_CHECKING:
+    from container_manager.models import HostWithLoad
 
 DEFAULT_LIST_LIMIT = 50
 # How often ``logs --follow`` looks at a job that has not started (or cannot be streamed).
@@ -637,7 +641,7 @@ class Command(BaseCommand):
             )
 
     def handle_hosts(self, options):
-        hosts = list(ExecutorHost.objects.with_load())
+        hosts: list[HostWithLoad] = list(ExecutorHost.objects.with_load())
         unhealthy = []
         if options["check"]:
             for host in hosts:
