@@ -21,7 +21,15 @@ class LaunchError(ExecutorError):
 
 
 class HostError(ExecutorError):
-    """The host, not the job, is the trouble: another host may well run the job."""
+    """The host, not the job, is the trouble: another host may well run the job.
+
+    ``maybe_started``: the host went away in the middle of starting the execution, so it may
+    be running there; the launch must look for it there before trying anywhere else.
+    """
+
+    def __init__(self, *args: object, maybe_started: bool = False) -> None:
+        super().__init__(*args)
+        self.maybe_started = maybe_started
 
 
 class ExecutorUnavailable(HostError):

@@ -95,7 +95,10 @@ class Runner:
 
     def run(self) -> None:
         """For a job this worker claimed (status ``launching``)."""
-        launched = self.launch()
+        try:
+            launched = self.launch()
+        except Released:
+            return  # let go while its host was away: another worker looks for what started
         if launched is None or not self.mark_running(*launched):
             return
         self.follow(*launched)
@@ -122,6 +125,8 @@ class Runner:
             except HostError as error:
                 if isinstance(error, ExecutorUnavailable):
                     self.mark_host_unreachable(error)
+                if error.maybe_started and (found := self.find_started(executor)):
+                    return executor, found
                 tried.append(self.host.pk)
                 failed_on = self.host.name
                 moved = retry_transient(
@@ -139,6 +144,18 @@ class Runner:
                     JobStatus.FAILED, Outcome(None), describe(error, "launch"), LAUNCH_ERROR
                 )
                 return None
+
+    def find_started(self, executor) -> str | None:
+        """The execution of this attempt that a launch interrupted mid-start may have left
+        running, once the host answers again (for up to ``ENGINE_OUTAGE_GRACE``)."""
+        try:
+            return self.until_reachable(
+                executor.find_execution, str(self.job.pk), self.job.attempts
+            )
+        except OutageTooLong:
+            # Past the grace nothing more can be known now: the attempt moves on, and what
+            # may run there is swept once the job is finished (see janitor).
+            return None
 
     def resume(self) -> None:
         """For a job this worker holds without following it (adopted from a lost worker, or

@@ -6,10 +6,12 @@ import io
 import json
 import signal
 import time
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.utils import timezone
 
 from container_manager.api import create_job
 from container_manager.models import ContainerJob, ExecutorHost
@@ -157,6 +159,39 @@ def test_unreachable_engine_holds_its_job_and_the_worker_goes_on(docker_host):
     assert "unreachable" in dead.health_message
     assert "/nonexistent/docker.sock" in dead.health_message
     assert (fine.status, fine.stdout) == ("completed", "ok\n")
+
+
+def test_a_fallback_chain_whose_first_engine_is_unreachable_runs_on_the_second(docker_host):
+    # Its engine went away after its last health check: the launch finds out.
+    dead = ExecutorHost.objects.create(
+        name="dead",
+        executor_type="docker",
+        connection_string="unix:///nonexistent/docker.sock",
+        health_status="healthy",
+        next_health_check_at=timezone.now() + timedelta(hours=1),
+    )
+    chain = ExecutorHost.objects.create(
+        name="dead-then-local",
+        executor_type="fallback",
+        executor_config={"members": [dead.name, docker_host.name]},
+    )
+    job = create_job(TEST_IMAGE, ["echo", "second"], host=chain)
+    call_command("process_container_jobs", "--until-idle", "--poll-interval", "0.1")
+    job.refresh_from_db()
+    assert (job.status, job.stdout, job.host, job.attempts) == (
+        "completed",
+        "second\n",
+        docker_host,
+        1,
+    )
+    attempt = job.attempt_set.get()
+    assert [t["host"] for t in attempt.tries] == ["dead"]
+    assert "/nonexistent/docker.sock" in attempt.tries[0]["error"]
+    assert attempt.routing.startswith(f"{docker_host.name}: the first fit host of chain")
+    assert ExecutorHost.objects.get(pk=dead.pk).health_status == "unhealthy"
+    shown = io.StringIO()
+    call_command("manage_container_job", "show", str(job.pk), stdout=shown)
+    assert f"dead → {docker_host.name}" in shown.getvalue()
 
 
 def test_the_issue_example_end_to_end(docker_host, docker_engine):

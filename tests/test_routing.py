@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from container_manager import queue
 from container_manager.api import create_job
+from container_manager.exceptions import ExecutorUnavailable
 from container_manager.executors.mock import MockExecutor
 from container_manager.models import ContainerJob, ExecutorHost, Worker
 from container_manager.worker import Worker as WorkerLoop
@@ -166,3 +167,36 @@ def test_workers_check_every_host_once_per_interval(settings):
     assert not ExecutorHost.objects.due_for_check().filter(pk=fine.pk).exists()  # in an hour
     worker._check_hosts()  # nothing due: no second check
     assert not worker.checker.is_alive()
+
+
+class DroppedAnswerExecutor(MockExecutor):
+    """Starts the execution, then loses the answer, as an engine that goes away mid-start."""
+
+    type_name = "dropped-answer"
+    dropped: list[str] = []
+
+    def launch(self, spec):
+        execution_id = super().launch(spec)
+        if not self.dropped:
+            self.dropped.append(execution_id)
+            raise ExecutorUnavailable("connection reset while starting", maybe_started=True)
+        return execution_id
+
+
+def test_a_launch_cut_off_mid_start_finds_what_it_started_instead_of_moving_on(settings):
+    settings.CONTAINER_MANAGER = {
+        "EXECUTORS": {"dropped-answer": "tests.test_routing.DroppedAnswerExecutor"}
+    }
+    DroppedAnswerExecutor.dropped.clear()
+    flaky = host("flaky", executor_type="dropped-answer", weight=1000)
+    host("other", weight=1)
+    job = create_job("img", ["x"])
+    run_until_idle()
+    job.refresh_from_db()
+    # Not launched a second time elsewhere: the execution it started is the one followed.
+    assert (job.status, job.host, job.execution_id) == (
+        "completed",
+        flaky,
+        DroppedAnswerExecutor.dropped[0],
+    )
+    assert job.attempt_set.get().tries == []

@@ -19,7 +19,7 @@ import docker
 import docker.errors
 from django.core.exceptions import ValidationError
 
-from ...exceptions import ExecutorError, ExecutorUnavailable, LaunchError
+from ...exceptions import ExecutorError, ExecutorUnavailable, HostError, LaunchError
 from ...output import CappedOutput
 from ...spec import ATTEMPT_LABEL, HOST_LABEL, JOB_ID_LABEL, MANAGED_LABEL
 from ..base import EXITED, NOT_FOUND, RUNNING, BaseExecutor, Health, Outcome
@@ -132,6 +132,9 @@ class DockerExecutor(BaseExecutor):
                 logger.warning(
                     "could not remove unstarted container %s: %s", container.id, remove_error
                 )
+                # The engine went away mid-start: the container may be running there.
+                if isinstance(translated, HostError):
+                    translated.maybe_started = True
             raise translated from error
         self._start_sampler(container.id)
         return container.id
