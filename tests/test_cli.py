@@ -673,3 +673,12 @@ def test_create_refuses_what_the_policy_forbids(mock_host, args, message):
             *args, "--", "true", stdout=io.StringIO(),
         )  # fmt: skip
     assert ContainerJob.objects.count() == 0
+
+
+def test_hosts_shows_where_a_fallback_chain_routes(mock_host):
+    ExecutorHost.objects.create(
+        name="chain", executor_type="fallback", executor_config={"members": ["mock"]}
+    )
+    lines = run("hosts").splitlines()
+    assert lines[1].split()[:6] == ["chain", "fallback", "mock", "yes", "unknown", "-"]
+    assert json.loads(run("hosts", "--json"))[0]["members"] == ["mock"]

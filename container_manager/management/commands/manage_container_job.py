@@ -662,10 +662,11 @@ class Command(BaseCommand):
                 [
                     host.name,
                     host.executor_type,
-                    host.connection_string or "(default)",
+                    # A chain runs nothing itself: where it routes to, instead of a load.
+                    " → ".join(host.member_names) or host.connection_string or "(default)",
                     "yes" if host.is_active else "no",
                     host.health_status,
-                    f"{host.load}/{host.max_concurrent_jobs}",
+                    "-" if host.member_names else f"{host.load}/{host.max_concurrent_jobs}",
                     str(host.weight),
                     when(host.last_health_check),
                 ]
