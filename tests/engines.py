@@ -11,8 +11,21 @@ from pathlib import Path
 import docker
 import pytest
 import requests
+from django.db import connection
 
 from .conftest import IN_CI, TEST_IMAGE
+
+# Tests that break or juggle private engines under real worker processes: minutes of real
+# time, so they run once per test command, in the PostgreSQL pass (the database production
+# uses).
+PRIVATE_ENGINE_TESTS = [
+    pytest.mark.docker,
+    pytest.mark.processes,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        connection.vendor != "postgresql", reason="runs in the PostgreSQL pass only"
+    ),
+]
 
 
 def require_dockerd():

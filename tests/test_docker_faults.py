@@ -10,25 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-from django.db import connection  # noqa: F401 - read by the skipif condition
 from django.db.models import Count
 
 from container_manager.api import create_job
 from container_manager.models import ContainerJob, ExecutorHost
 
 from .conftest import TEST_IMAGE
-from .engines import PrivateEngine, require_dockerd
+from .engines import PRIVATE_ENGINE_TESTS, PrivateEngine, require_dockerd
 from .test_queue_processes import wait_until
 
-pytestmark = [
-    pytest.mark.docker,
-    pytest.mark.processes,
-    pytest.mark.django_db(transaction=True),
-    # Minutes of real outages: once per run is enough, on the database production uses.
-    pytest.mark.skipif(
-        "connection.vendor != 'postgresql'", reason="runs in the PostgreSQL pass only"
-    ),
-]
+pytestmark = PRIVATE_ENGINE_TESTS
 
 MIB = 1024 * 1024
 FAST = {

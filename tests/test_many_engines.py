@@ -9,24 +9,16 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from django.db import connection  # noqa: F401 - read by the skipif condition
 from django.utils import timezone
 
 from container_manager.api import create_job
 from container_manager.models import ContainerJob, ExecutorHost, JobAttempt
 
 from .conftest import TEST_IMAGE
-from .engines import PrivateEngine, require_dockerd
+from .engines import PRIVATE_ENGINE_TESTS, PrivateEngine, require_dockerd
 from .test_queue_processes import wait_until
 
-pytestmark = [
-    pytest.mark.docker,
-    pytest.mark.processes,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        "connection.vendor != 'postgresql'", reason="runs in the PostgreSQL pass only"
-    ),
-]
+pytestmark = PRIVATE_ENGINE_TESTS
 
 SETTINGS = {
     "HEARTBEAT_INTERVAL": 0.5,
