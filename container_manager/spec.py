@@ -53,6 +53,16 @@ class Confinement:
 
 
 @dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for the private registry an image is pulled from (the password in clear:
+    never in ``repr``, never in a message)."""
+
+    registry: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class HostSpec:
     """Where an executor runs jobs: one ExecutorHost's settings, as plain values."""
 
@@ -93,6 +103,9 @@ class LaunchSpec:
     cpus: float | None = None
     secret_names: frozenset[str] = frozenset()
     name: str = ""
+    # Accelerators (GPUs) the job asks for; a backend that cannot provide them refuses it.
+    gpus: int = 0
+    registry_auth: RegistryAuth | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", _frozen(self.env))
@@ -111,4 +124,6 @@ class LaunchSpec:
     def secret_values(self) -> list[str]:
         """The clear values of the secrets, longest first (for scrubbing messages)."""
         values = {self.env[name] for name in self.secret_names if self.env.get(name)}
+        if self.registry_auth is not None and self.registry_auth.password:
+            values.add(self.registry_auth.password)
         return sorted(values, key=len, reverse=True)

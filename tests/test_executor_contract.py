@@ -2,59 +2,51 @@
 
 Executors take a HostSpec and a LaunchSpec (container_manager.spec): no model, no database.
 So these tests build the specs by hand and use no database; a backend that needs a service
-(Docker: an engine) gets only that. A new backend adds itself to ``BACKENDS``.
+(Docker: an engine; a cloud backend: its stand-in) gets only that. A new backend adds a module
+to ``tests/backends/`` (see its ``__init__``).
 """
 
+import importlib
 import uuid
+from pathlib import Path
 
 import pytest
 
 from container_manager.conf import setting
 from container_manager.executors.base import EXITED, NOT_FOUND, RUNNING
-from container_manager.executors.docker import DockerExecutor
-from container_manager.executors.mock import MockExecutor
-from container_manager.spec import Confinement, HostSpec, LaunchSpec
+from container_manager.spec import Confinement, LaunchSpec
 
-from .conftest import TEST_IMAGE, docker_engine_url
+from .conftest import TEST_IMAGE
 
-# The command every backend runs, and what the mock is told to make of it.
+# The command every backend runs, and what those that do not run it are told it produces.
 COMMAND = ("sh", "-c", "sleep 0.3; echo hi; echo oops >&2; exit 3")
-MOCK_CONFIG = {"duration_seconds": 0.3, "exit_code": 3, "stdout": "hi\n", "stderr": "oops\n"}
-
-
-def docker_executor(request):
-    request.getfixturevalue("docker_engine")
-    host = HostSpec(
-        name=f"contract-{uuid.uuid4().hex[:8]}",
-        executor_type="docker",
-        connection_string=docker_engine_url(),
-        config={"pull_policy": "never"},
-    )
-    return DockerExecutor(host)
-
-
-def mock_executor(request, **config):
-    return MockExecutor(HostSpec(name="contract-mock", executor_type="mock", config=config))
-
+BEHAVIOUR = {"seconds": 0.3, "exit_code": 3, "stdout": "hi\n", "stderr": "oops\n"}
 
 BACKENDS = {
-    "docker": docker_executor,
-    "mock": lambda request: mock_executor(request, **MOCK_CONFIG),
+    path.stem: importlib.import_module(f"tests.backends.{path.stem}")
+    for path in sorted((Path(__file__).parent / "backends").glob("*.py"))
+    if path.stem != "__init__"
 }
 
 
-# Backends that need a service are marked so the unit tier (scripts/test --fast) skips them.
-NEEDS = {"docker": [pytest.mark.docker]}
+@pytest.fixture(
+    params=[pytest.param(name, marks=module.MARKS) for name, module in BACKENDS.items()]
+)
+def backend(request):
+    return BACKENDS[request.param]
 
 
-@pytest.fixture(params=[pytest.param(name, marks=NEEDS.get(name, ())) for name in sorted(BACKENDS)])
-def executor(request):
-    executor = BACKENDS[request.param](request)
-    started = []
-    executor.launched = started
-    yield executor
-    for execution_id in started:
-        executor.cleanup(execution_id)
+@pytest.fixture
+def executor(request, backend):
+    return started_executor(request, backend, **BEHAVIOUR)
+
+
+def started_executor(request, backend, **behaviour):
+    """An executor whose executions are cleaned up when the test ends."""
+    executor = backend.make_executor(request, **behaviour)
+    executor.launched = []
+    request.addfinalizer(lambda: [executor.cleanup(e) for e in executor.launched])
+    return executor
 
 
 def spec_for(executor, command=COMMAND, attempt=1, job_id=None):
@@ -113,23 +105,22 @@ def test_a_launch_is_idempotent_per_attempt_and_found_by_it(executor):
     assert retry != execution_id
 
 
-def test_stop_ends_a_running_execution(executor):
-    if isinstance(executor, MockExecutor):
-        executor.config["duration_seconds"] = 60
+def test_stop_ends_a_running_execution(request, backend):
+    executor = started_executor(request, backend, **{**BEHAVIOUR, "seconds": 60, "exit_code": 0})
     execution_id = start(executor, spec_for(executor, command=("sleep", "60")))
     executor.stop(execution_id, grace_seconds=1)
     assert executor.wait(execution_id, timeout=10) is True
     assert executor.harvest(execution_id).exit_code != 0
 
 
-def test_list_executions_names_the_job_of_each(executor):
+def test_list_executions_names_the_job_of_each(executor, backend):
     spec = spec_for(executor)
     execution_id = start(executor, spec)
     listed = executor.list_executions()
-    if isinstance(executor, MockExecutor):
-        assert listed == {}  # the mock cannot list: the documented default
-    else:
+    if backend.CAN_LIST:
         assert listed[execution_id] == spec.job_id
+    else:
+        assert listed == {}  # the documented default of a backend that cannot list
 
 
 def test_health_check_reports_healthy(executor):
