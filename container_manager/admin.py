@@ -22,6 +22,7 @@ from .models import (
     ExecutorHost,
     ExecutorHostQuerySet,
     JobAttempt,
+    RegistryCredential,
     Worker,
 )
 from .routing import check_routable
@@ -249,6 +250,7 @@ WHAT_TO_RUN_FIELDS = (
     "environment_overrides",
     "memory_limit",
     "cpu_limit",
+    "gpus",
     "timeout_seconds",
     "max_attempts",
     "retry_on",
@@ -509,6 +511,34 @@ class ContainerJobAdmin(admin.ModelAdmin):
                 if done is not None:
                     self.message_user(request, f"{label}: {done(job)}", messages.SUCCESS)
         return succeeded, seen
+
+
+class RegistryCredentialForm(forms.ModelForm):
+    # Write-only: the stored password is never sent back to a browser.
+    password = forms.CharField(
+        widget=forms.PasswordInput(render_value=False),
+        required=False,
+        help_text="Stored encrypted and never shown. Leave blank to keep the stored one.",
+    )
+
+    class Meta:
+        model = RegistryCredential
+        fields = ("registry", "username", "password")
+
+    def clean_password(self):
+        password = self.cleaned_data.get("password")
+        if password:
+            return password
+        if self.instance.pk:
+            return self.instance.password  # unchanged, still sealed
+        raise ValidationError("is required for a new registry")
+
+
+@admin.register(RegistryCredential)
+class RegistryCredentialAdmin(admin.ModelAdmin):
+    form = RegistryCredentialForm
+    list_display = ("registry", "username", "updated_at")
+    search_fields = ("registry", "username")
 
 
 @admin.register(Worker)

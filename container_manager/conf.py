@@ -15,6 +15,8 @@ DEFAULTS = {
     "MAX_TIMEOUT_SECONDS": 7 * 24 * 3600,
     "MAX_MEMORY_MB": 256 * 1024,
     "MAX_CPUS": 256,
+    # Accelerators (GPUs) one job may ask for; 0 refuses every GPU request.
+    "MAX_GPUS": 8,
     # What a job may carry; it is stored in one row and sent to the engine in one request.
     # The argv, all arguments together, in UTF-8 bytes (Linux refuses any one argument or
     # variable over 128 KiB at exec anyway).

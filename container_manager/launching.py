@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 from . import policy
 from .exceptions import LaunchError, SecretError
+from .models import RegistryCredential
 from .secrets import MASK
-from .spec import LaunchSpec
+from .spec import LaunchSpec, RegistryAuth
 
 if TYPE_CHECKING:
     from .executors.base import BaseExecutor
@@ -48,7 +49,19 @@ def launch_spec(job: ContainerJob) -> LaunchSpec:
         cpus=job.cpu_limit,
         timeout_seconds=job.timeout_seconds,
         confinement=policy.confinement(job),
+        gpus=job.gpus,
+        registry_auth=registry_auth(job.image),
     )
+
+
+def registry_auth(image: str) -> RegistryAuth | None:
+    credential = RegistryCredential.for_image(image)
+    if credential is None:
+        return None
+    try:
+        return credential.auth()
+    except SecretError as error:
+        raise LaunchError(str(error)) from None
 
 
 def launch(job: ContainerJob, executor: BaseExecutor) -> str:

@@ -19,7 +19,7 @@ from .conf import setting
 from .exceptions import ExecutorError
 from .executors import Health, get_executor_class, validate_executor_type
 from .output import storable
-from .spec import HostSpec
+from .spec import HostSpec, RegistryAuth
 from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transition
 
 if TYPE_CHECKING:
@@ -301,6 +301,58 @@ class EnvironmentVariableTemplate(models.Model):
         return envfile.parse_env_text(self.environment_variables)
 
 
+def image_registry(image: str) -> str:
+    """The registry an image reference is pulled from (``docker.io`` when it names none)."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+class RegistryCredential(models.Model):
+    """How to log in to a private registry; used for every image pulled from it.
+
+    The password is stored sealed (see ``secrets``) and never shown; executors receive it in
+    the launch spec of a job whose image comes from this registry.
+    """
+
+    registry = models.CharField(
+        max_length=255,
+        unique=True,
+        help_text="As images name it: registry.example.com, 127.0.0.1:5000, ghcr.io.",
+    )
+    username = models.CharField(max_length=255)
+    password = models.TextField(help_text="Stored encrypted; never shown again.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["registry"]
+
+    def __str__(self):
+        return f"{self.username}@{self.registry}"
+
+    def clean_fields(self, exclude=None):
+        fields.clean_fields(self, exclude, super().clean_fields)
+
+    def save(self, *args, **kwargs):
+        if self.password and not secrets.is_sealed(self.password):
+            self.password = secrets.seal(self.password, f"the password of {self.registry}")
+        super().save(*args, **kwargs)
+
+    def auth(self) -> RegistryAuth:
+        """The clear credentials, for the executor (raises SecretError naming the registry)."""
+        return RegistryAuth(
+            registry=self.registry,
+            username=self.username,
+            password=secrets.unseal(self.password, f"the password of {self.registry}"),
+        )
+
+    @classmethod
+    def for_image(cls, image: str) -> "RegistryCredential | None":
+        return cls.objects.filter(registry=image_registry(image)).first()
+
+
 class Worker(models.Model):
     """A running ``process_container_jobs``; its heartbeat says it is alive."""
 
@@ -404,6 +456,11 @@ class ContainerJob(models.Model):
         null=True,
         blank=True,
         validators=[MinValueValidator(0.01)],
+    )
+    gpus = fields.PositiveIntegerField(
+        "GPUs",
+        default=0,
+        help_text="Accelerators the job needs (at most MAX_GPUS); a host that has none refuses it.",
     )
     timeout_seconds = fields.PositiveIntegerField(
         default=default_timeout, validators=[MinValueValidator(1)]
@@ -706,6 +763,7 @@ class JobAttempt(models.Model):
 
 
 __all__ = [
+    "RegistryCredential",
     "ContainerJob",
     "EnvironmentVariableTemplate",
     "ExecutorHost",

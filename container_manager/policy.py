@@ -1,7 +1,8 @@
 """The container policy: the one place that decides what a job may ask of the machine it runs on.
 
 The global policy comes from settings (``ALLOWED_IMAGES``, ``MAX_MEMORY_MB``, ``MAX_CPUS``,
-``MAX_TIMEOUT_SECONDS``, ``ALLOW_PRIVILEGED``, ``ALLOW_HOST_NETWORK``, ``ALLOW_HOST_PID``,
+``MAX_GPUS``, ``MAX_TIMEOUT_SECONDS``, ``ALLOW_PRIVILEGED``, ``ALLOW_HOST_NETWORK``,
+``ALLOW_HOST_PID``,
 ``ALLOWED_CAPABILITIES``, ``ALLOWED_MOUNT_SOURCES``). A host's ``policy`` (a JSON object with
 the same keys in lowercase) can only tighten it: its limits and lists are combined with the
 global ones (smaller maximum, both image lists, intersection of capabilities and mount
@@ -54,6 +55,10 @@ def _number(value) -> str:
 
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _positive_number(value) -> bool:
@@ -110,6 +115,7 @@ POLICY_KEYS = {
     ),
     "max_memory_mb": ("MAX_MEMORY_MB", _positive_int, "a whole number of MB greater than 0"),
     "max_cpus": ("MAX_CPUS", _positive_number, "a number of cores greater than 0"),
+    "max_gpus": ("MAX_GPUS", _whole_number, "a whole number of GPUs, 0 or more"),
     "max_timeout_seconds": (
         "MAX_TIMEOUT_SECONDS",
         _positive_int,
@@ -129,7 +135,7 @@ POLICY_KEYS = {
         'a list of absolute host paths, e.g. ["/srv/data"]',
     ),
 }
-MAXIMUMS = ("max_memory_mb", "max_cpus", "max_timeout_seconds")
+MAXIMUMS = ("max_memory_mb", "max_cpus", "max_gpus", "max_timeout_seconds")
 SWITCHES = ("allow_privileged", "allow_host_network", "allow_host_pid")
 
 
@@ -173,6 +179,10 @@ class EffectivePolicy:
     @property
     def max_cpus(self) -> float:
         return min(rule.value for rule in self.rules["max_cpus"])
+
+    @property
+    def max_gpus(self) -> int:
+        return min(rule.value for rule in self.rules["max_gpus"])
 
     @property
     def max_timeout_seconds(self) -> int:
@@ -350,6 +360,7 @@ def check_job(
     for field, key, unit in (
         ("memory_limit", "max_memory_mb", " MB"),
         ("cpu_limit", "max_cpus", " cores"),
+        ("gpus", "max_gpus", " GPUs"),
         ("timeout_seconds", "max_timeout_seconds", " s"),
     ):
         value = getattr(job, field)

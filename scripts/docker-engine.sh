@@ -166,7 +166,20 @@ ensure_image() {
     did+=("built image $IMAGE from $busybox")
 }
 
+# The tests' private registry (basic auth on 127.0.0.1): Debian's docker-registry and htpasswd.
+ensure_registry_tools() {
+    if command -v docker-registry >/dev/null 2>&1 && command -v htpasswd >/dev/null 2>&1; then
+        return
+    fi
+    if is_root && command -v apt-get >/dev/null 2>&1; then
+        apt_install docker-registry apache2-utils
+    else
+        did+=("no docker-registry/htpasswd: the private-registry tests will not run")
+    fi
+}
+
 ensure_engine
 ensure_image
+ensure_registry_tools
 summary="$(printf '%s; ' "${did[@]}")"
 echo "docker-engine.sh: ${summary%; }"

@@ -99,3 +99,79 @@ class PrivateEngine:
     def destroy(self):
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PrivateRegistry:
+    """Debian's docker-registry on 127.0.0.1 with basic auth (htpasswd), for pull tests.
+
+    Engines treat registries on 127.0.0.0/8 as insecure by default: no TLS is needed.
+    """
+
+    def __init__(self, username="cm-user", password="cm-registry-pass-0001"):
+        for tool in ("docker-registry", "htpasswd"):
+            if not shutil.which(tool):
+                message = f"a private registry needs {tool} (scripts/docker-engine.sh installs it)"
+                if IN_CI:
+                    pytest.fail(message)
+                pytest.skip(message)
+        self.username, self.password = username, password
+        self.root = Path(tempfile.mkdtemp(prefix="cm-registry-", dir="/tmp"))
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.process = None
+
+    def start(self, timeout=30):
+        htpasswd = subprocess.run(
+            ["htpasswd", "-Bbn", self.username, self.password],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        (self.root / "htpasswd").write_text(htpasswd)
+        config = self.root / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
+            f"http:\n  addr: {self.address}\n"
+            f"auth:\n  htpasswd:\n    realm: cm-tests\n    path: {self.root / 'htpasswd'}\n"
+        )
+        log = (self.root / "registry.log").open("ab")
+        self.process = subprocess.Popen(
+            ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if requests.get(f"http://{self.address}/v2/", timeout=1).status_code == 401:
+                    return
+            except requests.RequestException:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"private registry did not start; see {self.root}/registry.log")
+            time.sleep(0.1)
+
+    def push(self, client: docker.DockerClient, source: str, repository: str) -> str:
+        """Push ``source`` as ``repository:latest`` and drop the local tag; the reference."""
+        reference = f"{self.address}/{repository}:latest"
+        client.images.get(source).tag(reference)
+        auth = {"username": self.username, "password": self.password}
+        for line in client.images.push(reference, auth_config=auth, stream=True, decode=True):
+            if "error" in line:
+                pytest.fail(f"push to the private registry failed: {line['error']}")
+        client.images.remove(reference)
+        return reference
+
+    def destroy(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -365,6 +365,7 @@ JOB_FORM = {
     "scheduled_for_0": "2026-01-01",
     "scheduled_for_1": "00:00:00",
     "max_attempts": "1",
+    "gpus": "0",
     "attempt_set-TOTAL_FORMS": "0",
     "attempt_set-INITIAL_FORMS": "0",
 }

@@ -105,7 +105,7 @@ class DockerExecutor(BaseExecutor):
 
     def launch(self, spec):
         client = self.client
-        self._ensure_image(spec.image)
+        self._ensure_image(spec.image, spec.registry_auth)
         options = container_options(spec, self.config)
         try:
             container = client.containers.create(spec.image, **options)
@@ -126,6 +126,11 @@ class DockerExecutor(BaseExecutor):
             translated = self._error(
                 error, f"starting the container for '{spec.image}'", LaunchError
             )
+            if spec.gpus and "device driver" in str(error):
+                translated = LaunchError(
+                    f"Docker host '{self.host.name}' cannot provide the {spec.gpus} GPU(s) the "
+                    f"job asks for: {translated}"
+                )
             try:
                 container.remove(force=True)
             except Exception as remove_error:  # noqa: BLE001 - report the start failure
@@ -178,7 +183,7 @@ class DockerExecutor(BaseExecutor):
             raise self._error(error, "listing containers") from error
         return {c["Id"]: c["Labels"].get(JOB_ID_LABEL, "") for c in found}
 
-    def _ensure_image(self, image):
+    def _ensure_image(self, image, auth=None):
         policy = self.config.get("pull_policy", DEFAULT_PULL_POLICY)
         if policy != "always":
             try:
@@ -193,10 +198,14 @@ class DockerExecutor(BaseExecutor):
                     f"image '{image}' is not present on host '{self.host.name}' "
                     "and pull_policy is 'never'"
                 )
+        # The registry's credentials, the engine's way: sent with this pull only.
+        login = {"username": auth.username, "password": auth.password} if auth else None
         try:
-            self.client.images.pull(image)
+            self.client.images.pull(image, auth_config=login)
         except docker.errors.APIError as error:
             reason = error.explanation or str(error)
+            if auth and "unauthorized" in str(reason).lower():
+                reason = f"{reason} (registry {auth.registry} refused the login of {auth.username})"
             if policy == "always":
                 message = (
                     f"pulling image '{image}' on host '{self.host.name}' failed "

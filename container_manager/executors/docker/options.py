@@ -79,6 +79,11 @@ def container_options(spec: LaunchSpec, config: dict) -> dict:
         options["mem_limit"] = options["memswap_limit"] = spec.memory_mb * MIB
     if spec.cpus:
         options["nano_cpus"] = int(round(spec.cpus * 1e9))
+    if spec.gpus:
+        # The engine's GPU device requests (the NVIDIA container toolkit provides them).
+        options["device_requests"] = [
+            docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])
+        ]
     options.update(confinement_options(spec.confinement, config.get("network")))
     return options
 

@@ -47,6 +47,7 @@ CREATE_FIELDS = {
     "name": "name",
     "memory": "memory_limit",
     "cpus": "cpu_limit",
+    "gpus": "gpus",
     "timeout": "timeout_seconds",
     "priority": "priority",
     "max_attempts": "max_attempts",
@@ -205,6 +206,9 @@ class Command(BaseCommand):
         create.add_argument("--env-template", metavar="NAME", help="Environment template name.")
         create.add_argument("--memory", type=int, metavar="MB", help="Memory limit in MB.")
         create.add_argument("--cpus", type=float, metavar="N", help="CPU limit in cores.")
+        create.add_argument(
+            "--gpus", type=int, metavar="N", help="GPUs the job needs (at most MAX_GPUS)."
+        )
         create.add_argument("--timeout", type=int, metavar="S", help="Timeout in seconds.")
         create.add_argument("--priority", type=int, metavar="P", help="Higher runs first.")
         create.add_argument("--max-attempts", type=int, metavar="N", help="Tries before giving up.")
