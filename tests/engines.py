@@ -93,7 +93,8 @@ class PrivateEngine:
     def load_test_image(self, source: docker.DockerClient):
         """Copy the test image from ``source``: there is no registry to pull it from."""
         client = docker.DockerClient(base_url=self.url, tls=self.tls, timeout=30)
-        client.images.load(b"".join(source.images.get(TEST_IMAGE).save(named=True)))
+        # Saved under its own name: the image may carry other tags too (a registry's).
+        client.images.load(b"".join(source.images.get(TEST_IMAGE).save(named=TEST_IMAGE)))
         client.close()
 
     def destroy(self):
@@ -162,7 +163,13 @@ class PrivateRegistry:
         client.images.remove(reference)
         return reference
 
-    def destroy(self):
+    def destroy(self, client: docker.DockerClient | None = None):
+        """Stop the registry; with ``client``, also untag what that engine pulled from it."""
+        if client is not None:
+            for image in client.images.list():
+                for tag in image.tags:
+                    if tag.startswith(f"{self.address}/"):
+                        client.images.remove(tag)
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)

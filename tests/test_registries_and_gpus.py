@@ -22,7 +22,7 @@ def registry(docker_engine):
         registry.start()
         yield registry
     finally:
-        registry.destroy()
+        registry.destroy(docker_engine)
 
 
 @pytest.fixture
