@@ -141,7 +141,7 @@ def job_form(**fields):
         "scheduled_for_0": "2026-01-01",  # the form shows "now"; a past time runs at once
         "scheduled_for_1": "00:00:00",
         "max_attempts": "1",
-    "gpus": "0",
+        "gpus": "0",
         "attempt_set-TOTAL_FORMS": "0",
         "attempt_set-INITIAL_FORMS": "0",
         **fields,
