@@ -14,6 +14,7 @@ from ..exceptions import ExecutorError, ExecutorUnavailable, HostError, HostRefu
 from .base import BaseExecutor, Health, Outcome
 
 BUILTIN_EXECUTORS = {
+    "cloudrun": "container_manager.executors.cloudrun.CloudRunExecutor",
     "docker": "container_manager.executors.docker.DockerExecutor",
     "fallback": "container_manager.executors.fallback.FallbackChain",
     "mock": "container_manager.executors.mock.MockExecutor",
