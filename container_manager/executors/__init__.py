@@ -17,6 +17,7 @@ BUILTIN_EXECUTORS = {
     "cloudrun": "container_manager.executors.cloudrun.CloudRunExecutor",
     "docker": "container_manager.executors.docker.DockerExecutor",
     "fallback": "container_manager.executors.fallback.FallbackChain",
+    "fargate": "container_manager.executors.fargate.FargateExecutor",
     "mock": "container_manager.executors.mock.MockExecutor",
 }
 

@@ -7,10 +7,6 @@ reports all of it as stdout and an empty stderr: for this contract's command tha
 ``(3, "hi\\noops\\n", "")``, never ``(3, "hi\\n", "oops\\n")``. ``MERGED_STREAMS`` says so.
 """
 
-import inspect
-
-import pytest
-
 from container_manager.executors.fargate import FargateExecutor
 
 from ..standins.fargate import standin
@@ -28,25 +24,6 @@ def make_executor(request, seconds, exit_code, stdout, stderr):
     fargate.behave(
         host.config["cluster"], seconds=seconds, exit_code=exit_code, stdout=stdout + stderr
     )
-    _expect_merged_streams(request)
     executor = FargateExecutor(host)
     executor.log_settle_seconds = 0.0  # the stand-in's log is complete at once
     return executor
-
-
-def _expect_merged_streams(request):
-    """Until the contract suite honours MERGED_STREAMS, its one assertion of separate stdout
-    and stderr fails here for that reason alone: marked as an expected failure (strict, on
-    that assertion only), and no longer once the suite knows the flag."""
-    suite = inspect.getmodule(request.function)
-    knows_the_flag = suite is not None and "MERGED_STREAMS" in inspect.getsource(suite)
-    if request.function.__name__ == "test_launch_status_wait_harvest_logs_cleanup" and not (
-        knows_the_flag
-    ):
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="CloudWatch Logs merges stdout and stderr (MERGED_STREAMS)",
-                raises=AssertionError,
-                strict=True,
-            )
-        )
