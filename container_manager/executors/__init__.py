@@ -18,6 +18,7 @@ BUILTIN_EXECUTORS = {
     "docker": "container_manager.executors.docker.DockerExecutor",
     "fallback": "container_manager.executors.fallback.FallbackChain",
     "fargate": "container_manager.executors.fargate.FargateExecutor",
+    "kubernetes": "container_manager.executors.kubernetes.KubernetesExecutor",
     "mock": "container_manager.executors.mock.MockExecutor",
 }
 
