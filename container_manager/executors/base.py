@@ -65,7 +65,8 @@ class BaseExecutor:
 
     type_name: ClassVar[str] = ""
     # Seconds between status checks for backends that cannot block until completion.
-    status_poll_interval: ClassVar[float] = 0.2
+    # (An instance may set its own, e.g. from its host's configuration.)
+    status_poll_interval: float = 0.2
 
     def __init__(self, host: HostSpec):
         self.host = host

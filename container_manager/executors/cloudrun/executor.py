@@ -64,6 +64,8 @@ class CloudRunExecutor(BaseExecutor):
 
     def __init__(self, host):
         super().__init__(host)
+        # The base class's wait polls status this often (each poll is an API call).
+        self.status_poll_interval = self.poll_seconds
         self._clients: Clients | None = None
         self._logging: Any = None
         self._lock = threading.Lock()
@@ -292,16 +294,6 @@ class CloudRunExecutor(BaseExecutor):
         if execution is None:
             return NOT_FOUND
         return EXITED if _ended(execution) else RUNNING
-
-    def wait(self, execution_id, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.status(execution_id) != RUNNING:
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(self.poll_seconds, left))
 
     def harvest(self, execution_id, deadline=None):
         execution = self._get(execution_id)

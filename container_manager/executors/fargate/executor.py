@@ -85,6 +85,8 @@ class FargateExecutor(BaseExecutor):
 
     def __init__(self, host):
         super().__init__(host)
+        # The base class's wait polls describe_tasks this often (it is rate-limited).
+        self.status_poll_interval = self.poll_interval
         self._clients: Clients | None = None
         self._lock = threading.Lock()
         # Task definition family -> ARN, and ARN -> its log options (both never change).
@@ -335,16 +337,6 @@ class FargateExecutor(BaseExecutor):
         if task is None:
             return NOT_FOUND
         return EXITED if task.get("lastStatus") == "STOPPED" else RUNNING
-
-    def wait(self, execution_id, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.status(execution_id) != RUNNING:
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(self.poll_interval, left))
 
     def _log_source(self, task: dict[str, Any]) -> tuple[str, str] | None:
         """(log group, stream) of the task's container, from its task definition."""
