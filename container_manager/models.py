@@ -45,7 +45,11 @@ class ExecutorHostQuerySet(models.QuerySet):
     def with_load(self) -> "models.QuerySet[HostWithLoad]":
         """Hosts annotated with ``load``: the jobs launching or running on each, counted
         across all workers. The one place a host's load is computed."""
-        return self.annotate(load=models.Count("jobs", filter=models.Q(jobs__status__in=ACTIVE)))
+        annotated = self.annotate(
+            load=models.Count("jobs", filter=models.Q(jobs__status__in=ACTIVE))
+        )
+        # A GROUP BY query drops Meta.ordering: keep the hosts in their usual order.
+        return annotated if self.query.order_by else annotated.order_by(*self.model._meta.ordering)
 
     def due_for_check(self):
         """Active hosts whose next health check has come (never checked: at once)."""
