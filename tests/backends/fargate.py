@@ -19,11 +19,9 @@ MERGED_STREAMS = True
 
 def make_executor(request, seconds, exit_code, stdout, stderr):
     fargate = standin(request)
-    host = fargate.host()
+    host = fargate.host(log_settle_seconds=0)  # the stand-in's log is complete at once
     # Written in the order the contract's command prints them, into the one log stream.
     fargate.behave(
         host.config["cluster"], seconds=seconds, exit_code=exit_code, stdout=stdout + stderr
     )
-    executor = FargateExecutor(host)
-    executor.log_settle_seconds = 0.0  # the stand-in's log is complete at once
-    return executor
+    return FargateExecutor(host)

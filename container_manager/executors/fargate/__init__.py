@@ -12,7 +12,8 @@ what Fargate cannot confine and so refuses), ``logs`` (the task's output from Cl
 ``platform_version``, ``task_role_arn``, ``log_stream_prefix`` (default ``cm``),
 ``stop_timeout`` (seconds between SIGTERM and SIGKILL, 2 to 120, default 30),
 ``repository_credentials`` ({registry: Secrets Manager secret ARN}), ``poll_interval``
-(seconds between describe_tasks while waiting, default 2) and ``endpoint_url`` (tests).
+(seconds between describe_tasks while waiting, default 2), ``log_settle_seconds`` (how long
+after a task stops its log is read, default 5) and ``endpoint_url`` (tests).
 
 boto3 is optional: ``pip install 'django-container-jobs[fargate]'``. Without it this package
 still imports; using a host raises ``ExecutorUnavailable`` saying so, and its health check is

@@ -87,6 +87,9 @@ class FargateExecutor(BaseExecutor):
         super().__init__(host)
         # The base class's wait polls describe_tasks this often (it is rate-limited).
         self.status_poll_interval = self.poll_interval
+        self.log_settle_seconds = float(
+            self.config.get("log_settle_seconds", type(self).log_settle_seconds)
+        )
         self._clients: Clients | None = None
         self._lock = threading.Lock()
         # Task definition family -> ARN, and ARN -> its log options (both never change).

@@ -78,6 +78,10 @@ CONFIG_CHECKS = {
         "(arn:aws:secretsmanager:...)",
     ),
     "poll_interval": (_seconds, "must be a number of seconds greater than 0"),
+    "log_settle_seconds": (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 300,
+        "must be a number of seconds from 0 to 300",
+    ),
 }
 
 
