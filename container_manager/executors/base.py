@@ -7,10 +7,13 @@ methods and that id, so no code outside this package needs to know which backend
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from django.core.exceptions import ValidationError
 
 from ..exceptions import (
     ExecutorError,
@@ -33,7 +36,39 @@ __all__ = [
     "HostRefused",
     "LaunchError",
     "Outcome",
+    "check_options",
+    "positive_seconds",
 ]
+
+# How one option of a host's executor_config is checked: whether a value will do, and what
+# it must be (or a function of the value saying what is wrong with it).
+OptionCheck = tuple[Callable[[Any], bool], str | Callable[[Any], str]]
+
+
+def positive_seconds(value: Any) -> bool:
+    """A finite number of seconds greater than 0 (an option's check)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def check_options(backend: str, config: Any, checks: Mapping[str, OptionCheck]) -> None:
+    """What every backend checks of its executor_config: a JSON object of known options, each
+    value passing its check. Raises ValidationError naming the option otherwise."""
+    if not isinstance(config, dict):
+        raise ValidationError(f"{backend} executor_config must be a JSON object")
+    for key, value in config.items():
+        if key not in checks:
+            known = ", ".join(sorted(checks))
+            raise ValidationError(f"unknown {backend} option {key!r} (known: {known})")
+        check, requirement = checks[key]
+        if not check(value):
+            said = requirement(value) if callable(requirement) else requirement
+            raise ValidationError(f"{backend} option {key!r} {said}, not {value!r}")
+
 
 # What ``status`` answers.
 RUNNING = "running"
@@ -75,6 +110,17 @@ class BaseExecutor:
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> None:
         """Raise ValidationError naming the key when ``executor_config`` is unusable."""
+
+    def check_usable_config(self, backend: str) -> None:
+        """Check the host's executor_config again before the backend is first used: a host
+        saved around validation is refused here, as unavailable, saying why."""
+        try:
+            self.validate_config(self.config)
+        except ValidationError as error:
+            raise ExecutorUnavailable(
+                f"{backend} host '{self.host.name}' has an unusable executor_config: "
+                + "; ".join(error.messages)
+            ) from None
 
     @classmethod
     def member_names(cls, config: dict[str, Any]) -> list[str]:

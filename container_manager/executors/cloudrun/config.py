@@ -13,12 +13,13 @@ for tests: plain ``http://`` only to a loopback address, with anonymous credenti
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
+
+from ..base import OptionCheck, check_options, positive_seconds
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_POLL_SECONDS = 2.0
@@ -32,15 +33,6 @@ _SERVICE_ACCOUNT = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 def _text(value: Any) -> bool:
     return isinstance(value, str) and value.strip() != "" and value == value.strip()
-
-
-def _seconds(value: Any, allow_zero: bool = False) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value >= 0 if allow_zero else value > 0)
-    )
 
 
 def _endpoint_problem(value: Any) -> str | None:
@@ -57,7 +49,7 @@ def _endpoint_problem(value: Any) -> str | None:
     return None
 
 
-CHECKS: dict[str, tuple[Any, str]] = {
+CHECKS: dict[str, OptionCheck] = {
     "project": (lambda v: _text(v) and bool(_PROJECT.match(v)), "must be a project id"),
     "region": (
         lambda v: _text(v) and bool(_REGION.match(v)),
@@ -77,30 +69,23 @@ CHECKS: dict[str, tuple[Any, str]] = {
         "can only be 0: a failed attempt is retried by the queue (on any host), never by "
         "Cloud Run behind its back",
     ),
-    "timeout": (_seconds, "must be a number of seconds greater than 0"),
-    "poll_seconds": (_seconds, "must be a number of seconds greater than 0"),
+    "timeout": (positive_seconds, "must be a number of seconds greater than 0"),
+    "poll_seconds": (positive_seconds, "must be a number of seconds greater than 0"),
     "log_settle_seconds": (
-        lambda v: _seconds(v, allow_zero=True),
+        lambda v: positive_seconds(v) or (v == 0 and not isinstance(v, bool)),
         "must be a number of seconds, 0 or more",
     ),
-    "api_endpoint": (lambda v: _endpoint_problem(v) is None, ""),
-    "logging_endpoint": (lambda v: _endpoint_problem(v) is None, ""),
+    "api_endpoint": (lambda v: _endpoint_problem(v) is None, lambda v: _endpoint_problem(v) or ""),
+    "logging_endpoint": (
+        lambda v: _endpoint_problem(v) is None,
+        lambda v: _endpoint_problem(v) or "",
+    ),
 }
 
 
 def validate_config(config: Any) -> None:
     """Raise ValidationError naming the key when a host's executor_config is unusable."""
-    if not isinstance(config, dict):
-        raise ValidationError("cloudrun executor_config must be a JSON object")
-    for key, value in config.items():
-        if key not in CHECKS:
-            known = ", ".join(sorted(CHECKS))
-            raise ValidationError(f"unknown cloudrun option {key!r} (known: {known})")
-        check, requirement = CHECKS[key]
-        if not check(value):
-            if key in ("api_endpoint", "logging_endpoint"):
-                requirement = _endpoint_problem(value) or requirement
-            raise ValidationError(f"cloudrun option {key!r} {requirement}, not {value!r}")
+    check_options("cloudrun", config, CHECKS)
     for key in ("project", "region"):
         if key not in config:
             raise ValidationError(f"cloudrun option {key!r} is required")

@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from django.core.exceptions import ValidationError
-
 from ...exceptions import ExecutorError, ExecutorUnavailable, HostError, LaunchError
 from ..base import EXITED, NOT_FOUND, RUNNING, BaseExecutor, Health, Outcome
 from . import logs
@@ -93,13 +91,7 @@ class CloudRunExecutor(BaseExecutor):
         with self._lock:
             if self._clients is None:
                 run_v2()  # a missing client library is named first, whatever the config
-                try:
-                    check_config(self.config)
-                except ValidationError as error:
-                    raise ExecutorUnavailable(
-                        f"Cloud Run host '{self.host.name}' has an unusable executor_config: "
-                        + "; ".join(error.messages)
-                    ) from None
+                self.check_usable_config("Cloud Run")
                 self._clients = connect(self.host, self.config)
             return self._clients
 

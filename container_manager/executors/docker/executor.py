@@ -19,7 +19,7 @@ import docker
 import docker.errors
 from django.core.exceptions import ValidationError
 
-from ...exceptions import ExecutorError, ExecutorUnavailable, HostError, LaunchError
+from ...exceptions import ExecutorError, HostError, LaunchError
 from ...output import CappedOutput
 from ...spec import ATTEMPT_LABEL, HOST_LABEL, JOB_ID_LABEL, MANAGED_LABEL
 from ..base import EXITED, NOT_FOUND, RUNNING, BaseExecutor, Health, Outcome
@@ -83,13 +83,7 @@ class DockerExecutor(BaseExecutor):
         return self.client.api
 
     def _connect(self):
-        try:
-            validate_config(self.config)
-        except ValidationError as error:
-            raise ExecutorUnavailable(
-                f"Docker host '{self.host.name}' has an unusable executor_config: "
-                + "; ".join(error.messages)
-            ) from None
+        self.check_usable_config("Docker")
         return connect(self.host, self.api_timeout)
 
     def _error(self, error: Exception, doing: str, cls=ExecutorError) -> ExecutorError:

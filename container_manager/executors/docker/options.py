@@ -3,7 +3,6 @@ confinement, limits, labels and log bounds of one launch (a ``LaunchSpec``)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import docker.types
@@ -11,6 +10,7 @@ from django.core.exceptions import ValidationError
 
 from ...conf import setting
 from ...spec import Confinement, LaunchSpec
+from ..base import OptionCheck, check_options, positive_seconds
 
 PULL_POLICIES = ("never", "if-missing", "always")
 DEFAULT_PULL_POLICY = "if-missing"
@@ -20,37 +20,20 @@ MIB = 1024 * 1024
 LOG_FILES = 2
 
 
-def _check_timeout(value):
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
-
-
-CONFIG_CHECKS = {
+CONFIG_CHECKS: dict[str, OptionCheck] = {
     "pull_policy": (
         lambda v: v in PULL_POLICIES,
         f"must be one of {', '.join(repr(p) for p in PULL_POLICIES)}",
     ),
     "auto_remove": (lambda v: isinstance(v, bool), "must be true or false"),
     "network": (lambda v: isinstance(v, str) and v.strip() != "", "must be a non-empty string"),
-    "timeout": (_check_timeout, "must be a number of seconds greater than 0"),
+    "timeout": (positive_seconds, "must be a number of seconds greater than 0"),
 }
 
 
 def validate_config(config: Any) -> None:
     """Raise ValidationError naming the option when a host's executor_config is unusable."""
-    if not isinstance(config, dict):
-        raise ValidationError("docker executor_config must be a JSON object")
-    for key, value in config.items():
-        if key not in CONFIG_CHECKS:
-            known = ", ".join(sorted(CONFIG_CHECKS))
-            raise ValidationError(f"unknown docker option {key!r} (known: {known})")
-        check, requirement = CONFIG_CHECKS[key]
-        if not check(value):
-            raise ValidationError(f"docker option {key!r} {requirement}, not {value!r}")
+    check_options("docker", config, CONFIG_CHECKS)
     network = config.get("network", "")
     if network == "host" or network.startswith("container:"):
         # Sharing another network namespace is the host_network loosening by another

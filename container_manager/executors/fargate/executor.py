@@ -36,9 +36,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from django.core.exceptions import ValidationError
-
-from ...exceptions import ExecutorError, ExecutorUnavailable, HostError, HostRefused, LaunchError
+from ...exceptions import ExecutorError, HostError, HostRefused, LaunchError
 from ...spec import ATTEMPT_LABEL, HOST_LABEL, JOB_ID_LABEL, MANAGED_LABEL, LaunchSpec
 from ..base import EXITED, NOT_FOUND, RUNNING, BaseExecutor, Health, Outcome
 from .connection import Clients, aws_errors, connect, error_code, load, translate
@@ -118,13 +116,7 @@ class FargateExecutor(BaseExecutor):
         with self._lock:
             if self._clients is None:
                 load("boto3")  # without it, that is the first thing to say
-                try:
-                    validate_config(self.config)
-                except ValidationError as error:
-                    raise ExecutorUnavailable(
-                        f"Fargate host '{self.host.name}' has an unusable executor_config: "
-                        + "; ".join(error.messages)
-                    ) from None
+                self.check_usable_config("Fargate")
                 self._clients = connect(self.host.name, self.config)
             return self._clients
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from django.core.exceptions import ValidationError
 
+from ..base import OptionCheck, check_options, positive_seconds
 from .definitions import MAX_STOP_TIMEOUT
 
 REQUIRED = ("cluster", "subnets", "security_groups", "log_group", "execution_role_arn")
@@ -26,15 +26,6 @@ def _arn(value: Any) -> bool:
     return _text(value) and value.startswith("arn:")
 
 
-def _seconds(value: Any) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
-
-
 def _stop_timeout(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 2 <= value <= MAX_STOP_TIMEOUT
 
@@ -45,7 +36,7 @@ def _credentials(value: Any) -> bool:
     )
 
 
-CONFIG_CHECKS = {
+CONFIG_CHECKS: dict[str, OptionCheck] = {
     "cluster": (_text, "must be the cluster's name or ARN"),
     "subnets": (_texts, "must be a non-empty list of subnet ids"),
     "security_groups": (_texts, "must be a non-empty list of security group ids"),
@@ -77,7 +68,7 @@ CONFIG_CHECKS = {
         "must map each registry host to the ARN of its Secrets Manager secret "
         "(arn:aws:secretsmanager:...)",
     ),
-    "poll_interval": (_seconds, "must be a number of seconds greater than 0"),
+    "poll_interval": (positive_seconds, "must be a number of seconds greater than 0"),
     "log_settle_seconds": (
         lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 300,
         "must be a number of seconds from 0 to 300",
@@ -87,20 +78,12 @@ CONFIG_CHECKS = {
 
 def validate_config(config: Any) -> None:
     """Raise ValidationError naming the option when a host's executor_config is unusable."""
-    if not isinstance(config, dict):
-        raise ValidationError("fargate executor_config must be a JSON object")
-    if "secrets_manager" in config:
+    if isinstance(config, dict) and "secrets_manager" in config:
         raise ValidationError(
             "fargate option 'secrets_manager' is not supported: a job's secret values are "
             "passed as environment variables in the task's overrides (see the README)"
         )
-    for key, value in config.items():
-        if key not in CONFIG_CHECKS:
-            known = ", ".join(sorted(CONFIG_CHECKS))
-            raise ValidationError(f"unknown fargate option {key!r} (known: {known})")
-        check, requirement = CONFIG_CHECKS[key]
-        if not check(value):
-            raise ValidationError(f"fargate option {key!r} {requirement}, not {value!r}")
+    check_options("fargate", config, CONFIG_CHECKS)
     if missing := [key for key in REQUIRED if key not in config]:
         raise ValidationError(
             "fargate executor_config needs " + ", ".join(repr(key) for key in missing)

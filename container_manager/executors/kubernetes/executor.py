@@ -18,7 +18,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from ...exceptions import ExecutorError, ExecutorUnavailable, HostError, LaunchError
+from ...exceptions import ExecutorError, HostError, LaunchError
 from ...output import CappedOutput
 from ...spec import HostSpec, LaunchSpec
 from ..base import EXITED, NOT_FOUND, RUNNING, BaseExecutor, Health, Outcome
@@ -92,13 +92,7 @@ class KubernetesExecutor(BaseExecutor):
     def _api(self) -> Any:
         with self._client_lock:
             if self._client is None:
-                try:
-                    validate_config(self.config)
-                except ValidationError as error:
-                    raise ExecutorUnavailable(
-                        f"Kubernetes host '{self.host.name}' has an unusable executor_config: "
-                        + "; ".join(error.messages)
-                    ) from None
+                self.check_usable_config("Kubernetes")
                 self._client = connect(self.host, self.config, self.api_timeout)
             return self._client
 
