@@ -22,8 +22,9 @@ from container_manager.exceptions import (
 from container_manager.executors.base import EXITED, NOT_FOUND, RUNNING
 from container_manager.executors.cloudrun import CloudRunExecutor
 from container_manager.executors.cloudrun.definitions import ATTEMPT_ENV, JOB_ID_ENV
-from container_manager.spec import Confinement, HostSpec, LaunchSpec, Mount, RegistryAuth
+from container_manager.spec import HostSpec, LaunchSpec, Mount, RegistryAuth
 
+from .specs import confinement
 from .standins.cloudrun import CloudRunStandin
 
 PROJECT, REGION = "standin-project", "europe-west1"
@@ -58,21 +59,6 @@ def executor_for(standin, name=None, **config):
 @pytest.fixture
 def executor(standin):
     return executor_for(standin)
-
-
-def confinement(**changes):
-    values = {
-        "user": None,
-        "read_only_root": False,
-        "privileged": False,
-        "host_network": False,
-        "host_pid": False,
-        "add_capabilities": tuple(setting("DEFAULT_CAPABILITIES")),
-        "pids_limit": 64,
-        "mounts": (),
-    }
-    values.update(changes)
-    return Confinement(**values)
 
 
 def spec_for(executor, **changes):

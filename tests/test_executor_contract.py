@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from container_manager.conf import setting
 from container_manager.executors.base import EXITED, NOT_FOUND, RUNNING
-from container_manager.spec import Confinement, LaunchSpec
+from container_manager.spec import LaunchSpec
 
 from .conftest import TEST_IMAGE
+from .specs import confinement
 
 # The command every backend runs, and what those that do not run it are told it produces.
 COMMAND = ("sh", "-c", "sleep 0.3; echo hi; echo oops >&2; exit 3")
@@ -50,16 +50,6 @@ def started_executor(request, backend, **behaviour):
 
 
 def spec_for(executor, command=COMMAND, attempt=1, job_id=None):
-    confinement = Confinement(
-        user=None,
-        read_only_root=False,
-        privileged=False,
-        host_network=False,
-        host_pid=False,
-        add_capabilities=tuple(setting("DEFAULT_CAPABILITIES")),
-        pids_limit=64,
-        mounts=(),
-    )
     return LaunchSpec(
         job_id=job_id or str(uuid.uuid4()),
         attempt=attempt,
@@ -67,7 +57,7 @@ def spec_for(executor, command=COMMAND, attempt=1, job_id=None):
         image=TEST_IMAGE,
         command=tuple(command),
         env={"GREETING": "hi"},
-        confinement=confinement,
+        confinement=confinement(),
         timeout_seconds=60,
     )
 

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 import pytest
 from django.core.exceptions import ValidationError
 
-from container_manager.conf import setting
 from container_manager.exceptions import (
     ExecutorError,
     ExecutorUnavailable,
@@ -23,8 +22,9 @@ from container_manager.executors.base import EXITED, NOT_FOUND, RUNNING
 from container_manager.executors.fargate import FargateExecutor
 from container_manager.executors.fargate.connection import INSTALL_HINT, translate
 from container_manager.executors.fargate.definitions import fargate_size
-from container_manager.spec import Confinement, HostSpec, LaunchSpec, Mount, RegistryAuth
+from container_manager.spec import HostSpec, LaunchSpec, Mount, RegistryAuth
 
+from .specs import confinement
 from .standins.fargate import (  # noqa: F401 - fargate_fixture is the "fargate" fixture
     EXECUTION_ROLE,
     LOG_GROUP,
@@ -35,21 +35,6 @@ from .standins.fargate import (  # noqa: F401 - fargate_fixture is the "fargate"
 
 IMAGE = "registry.example.com/team/tool:1"
 COMMAND = ("sh", "-c", "echo hi; echo oops >&2; exit 3")
-
-
-def confinement(**changes):
-    values = {
-        "user": None,
-        "read_only_root": False,
-        "privileged": False,
-        "host_network": False,
-        "host_pid": False,
-        "add_capabilities": tuple(setting("DEFAULT_CAPABILITIES")),
-        "pids_limit": 64,
-        "mounts": (),
-    }
-    values.update(changes)
-    return Confinement(**values)
 
 
 def spec_for(executor, job_id=None, attempt=1, **changes):

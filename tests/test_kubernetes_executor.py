@@ -21,8 +21,9 @@ from container_manager.executors.kubernetes import (
 )
 from container_manager.executors.kubernetes.connection import INSTALL_HINT
 from container_manager.executors.kubernetes.manifests import label_value, validate_config
-from container_manager.spec import Confinement, HostSpec, LaunchSpec, Mount, RegistryAuth
+from container_manager.spec import HostSpec, LaunchSpec, Mount, RegistryAuth
 
+from . import specs
 from .standins.kubernetes import use_standin
 
 SECRET = "s3cr3t-value-never-shown"
@@ -32,18 +33,7 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 def confinement(**overrides):
-    values = {
-        "user": None,
-        "read_only_root": False,
-        "privileged": False,
-        "host_network": False,
-        "host_pid": False,
-        "add_capabilities": ("CHOWN", "KILL"),
-        "pids_limit": 64,
-        "mounts": (),
-    }
-    values.update(overrides)
-    return Confinement(**values)
+    return specs.confinement(**{"add_capabilities": ("CHOWN", "KILL"), **overrides})
 
 
 def make_spec(host="k8s", job_id=None, attempt=1, env=None, secret_names=(), **overrides):
