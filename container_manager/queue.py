@@ -65,7 +65,9 @@ def claimable(hosts: list[HostWithLoad]):
 
 def claim_jobs(worker: Worker, limit: int, host_ids=None) -> list[ContainerJob]:
     """Claim up to ``limit`` ready jobs for ``worker``, each routed to a fit host."""
-    if limit <= 0:
+    # An empty queue is the usual answer: one look at the ready-jobs index, without locking
+    # the hosts or counting their loads on every turn of every idle worker.
+    if limit <= 0 or not ready_jobs().exists():
         return []
     claimed: list[ContainerJob] = []
     with transaction.atomic():

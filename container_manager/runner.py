@@ -170,7 +170,7 @@ class Runner:
                 try:
                     execution_id = executor.find_execution(str(job.pk), job.attempts)
                 except ExecutorUnavailable as error:
-                    # Launches are idempotent per attempt (see BaseExecutor.start): should
+                    # Launches are idempotent per attempt (see BaseExecutor.launch): should
                     # something have started, the next launch of this attempt finds it.
                     self.mark_host_unreachable(error)
                     give_back_claim(job, f"host {self.host.name} is unreachable: {error}")
