@@ -195,3 +195,14 @@ def clean_fields(instance, exclude, django_clean_fields) -> None:
         errors = error.update_error_dict(errors)
     if errors:
         raise ValidationError(errors)
+
+
+class CheckedModel(models.Model):
+    """A model that takes user input: its ``clean_fields`` reports what Django's cannot
+    (see ``clean_fields`` above)."""
+
+    class Meta:
+        abstract = True
+
+    def clean_fields(self, exclude=None):
+        clean_fields(self, exclude, super().clean_fields)

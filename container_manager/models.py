@@ -87,7 +87,7 @@ class ExecutorHostQuerySet(models.QuerySet):
         )
 
 
-class ExecutorHost(models.Model):
+class ExecutorHost(fields.CheckedModel):
     """A place jobs run: a Docker engine, a cloud project, a cluster, or the mock executor."""
 
     class Health(models.TextChoices):
@@ -147,9 +147,6 @@ class ExecutorHost(models.Model):
 
     def __str__(self):
         return f"{self.name} ({self.executor_type})"
-
-    def clean_fields(self, exclude=None):
-        fields.clean_fields(self, exclude, super().clean_fields)
 
     def clean(self):
         if not isinstance(self.executor_config, dict):
@@ -263,7 +260,7 @@ if TYPE_CHECKING:
     HostWithLoad = WithAnnotations[ExecutorHost, HostLoad]
 
 
-class EnvironmentVariableTemplate(models.Model):
+class EnvironmentVariableTemplate(fields.CheckedModel):
     """A reusable set of environment variables; jobs add their own overrides on top."""
 
     name = models.CharField(max_length=100, unique=True)
@@ -281,9 +278,6 @@ class EnvironmentVariableTemplate(models.Model):
 
     def __str__(self):
         return self.name
-
-    def clean_fields(self, exclude=None):
-        fields.clean_fields(self, exclude, super().clean_fields)
 
     def clean(self):
         try:
@@ -313,7 +307,7 @@ def image_registry(image: str) -> str:
     return "docker.io"
 
 
-class RegistryCredential(models.Model):
+class RegistryCredential(fields.CheckedModel):
     """How to log in to a private registry; used for every image pulled from it.
 
     The password is stored sealed (see ``secrets``) and never shown; executors receive it in
@@ -335,9 +329,6 @@ class RegistryCredential(models.Model):
 
     def __str__(self):
         return f"{self.username}@{self.registry}"
-
-    def clean_fields(self, exclude=None):
-        fields.clean_fields(self, exclude, super().clean_fields)
 
     def save(self, *args, **kwargs):
         if self.password and not secrets.is_sealed(self.password):
@@ -414,7 +405,7 @@ def validate_retry_on(value):
         )
 
 
-class ContainerJob(models.Model):
+class ContainerJob(fields.CheckedModel):
     """One unit of work: an image and a command to run as a container, and what came of it.
 
     ``execution_id`` is the single identifier of what an executor started for the current
@@ -644,9 +635,6 @@ class ContainerJob(models.Model):
         return secrets.mask_environment(env)
 
     # -- validation --------------------------------------------------------------------
-
-    def clean_fields(self, exclude=None):
-        fields.clean_fields(self, exclude, super().clean_fields)
 
     def clean(self):
         errors: dict[str, str | list[str]] = {}
