@@ -57,7 +57,7 @@ def route(
     one of ``exclude`` (hosts this attempt already tried)."""
     options, ordered = candidates(job, hosts)
     if not options:
-        return Route(None, f"no host fits: {_wanted(job)}")
+        return Route(None, f"no host fits: {describe_request(job)}")
     excluded = set(exclude)
     fit, passed_over = [], []
     for host in options:
@@ -98,7 +98,7 @@ def check_routable(job: ContainerJob) -> None:
     if job.requested_host_id or candidates(job, hosts)[0]:
         return
     field = "host_labels" if job.host_labels else "executor_type" if job.executor_type else "host"
-    raise ValidationError({field: f"no active host fits: {_wanted(job)}"})
+    raise ValidationError({field: f"no active host fits: {describe_request(job)}"})
 
 
 def _unfit(host: ExecutorHost, loads: dict[int, int]) -> str:
@@ -123,7 +123,8 @@ def _load(host: ExecutorHost, loads: dict[int, int]) -> str:
     return f"{loads.get(host.pk, 0)} of {host.max_concurrent_jobs} slots busy"
 
 
-def _wanted(job: ContainerJob) -> str:
+def describe_request(job: ContainerJob) -> str:
+    """What the job asks routing for, in words (in errors, and in ``show``)."""
     wants = []
     requested = job.requested_host if job.requested_host_id else None
     if requested is not None:

@@ -27,6 +27,7 @@ from container_manager.executors import ExecutorError
 from container_manager.fields import short_repr
 from container_manager.models import ContainerJob, ExecutorHost
 from container_manager.output import decode_output
+from container_manager.routing import describe_request
 from container_manager.secrets import SecretError
 from container_manager.serializers import (
     host_to_dict,
@@ -114,15 +115,6 @@ def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
             return data[:-back], data[-back:]
         break
     return data, b""
-
-
-def routing_request(job) -> str:
-    """What the job asked routing for, in words."""
-    wants = [f"host {job.requested_host.name}"] if job.requested_host else []
-    if job.executor_type:
-        wants.append(f"type {job.executor_type}")
-    wants += [f"{key}={value}" for key, value in sorted((job.host_labels or {}).items())]
-    return ", ".join(wants) or "any active host"
 
 
 def when(value) -> str:
@@ -503,7 +495,7 @@ class Command(BaseCommand):
             ("ID", job.pk),
             ("Name", job.name or "-"),
             ("Status", status),
-            ("Requested", routing_request(job)),
+            ("Requested", describe_request(job)),
             ("Host", job.host.name if job.host else "-"),
             ("Execution ID", job.get_execution_identifier() or "-"),
             ("Image", job.image),
