@@ -78,7 +78,7 @@ def decode_output(data: bytes) -> str:
 
     NUL is escaped too: PostgreSQL text columns cannot hold it.
     """
-    return data.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
+    return storable(data.decode("utf-8", errors="backslashreplace"))
 
 
 def storable(text: str) -> str:
