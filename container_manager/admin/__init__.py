@@ -1,0 +1,18 @@
+"""The Django admin: configuration over the models; what it does, it asks of
+``container_manager.api``, ``bulk_operations`` and ``overview``."""
+
+from .hosts import (
+    EnvironmentVariableTemplateAdmin,
+    ExecutorHostAdmin,
+    RegistryCredentialAdmin,
+    WorkerAdmin,
+)
+from .jobs import ContainerJobAdmin
+
+__all__ = [
+    "ContainerJobAdmin",
+    "EnvironmentVariableTemplateAdmin",
+    "ExecutorHostAdmin",
+    "RegistryCredentialAdmin",
+    "WorkerAdmin",
+]
