@@ -1,8 +1,10 @@
-"""The Python API: create a job in one call, wait for it, release, cancel or retry it.
+"""The Python API: create a job in one call, wait for it, release, cancel, retry, reroute,
+duplicate or delete it (``bulk_operations`` does these to many jobs).
 
 The CLI and the admin are thin layers over these functions.
 """
 
+import copy
 import time
 
 from django.core.exceptions import ValidationError
@@ -33,6 +35,11 @@ def _lookup(model, value, field):
         raise ValidationError({field: f"no {what} named {short_repr(value)}"}) from None
 
 
+def lookup_host(host: ExecutorHost | str | None) -> ExecutorHost | None:
+    """``host`` itself, or the host of that name (ValidationError on ``host`` if none)."""
+    return _lookup(ExecutorHost, host, "host")
+
+
 def _with_secrets(env: dict, secrets: dict) -> dict:
     """``env`` with ``secrets`` added, sealed. Raises ValidationError for the ``secrets`` field."""
     envfile.validate_env_mapping(secrets, "secrets")
@@ -45,6 +52,111 @@ def _with_secrets(env: dict, secrets: dict) -> dict:
         return {**env, **{key: sealing.seal(value, key) for key, value in secrets.items()}}
     except sealing.SecretError as error:
         raise ValidationError(str(error)) from None
+
+
+# What a job asks for: what to run, where it asked to run, its limits, confinement and retries.
+# duplicate_job copies these; bulk specs give them (host, env and template under create_job's
+# names). The outcome fields (status, output, attempts, times) are not among them.
+SPEC_FIELDS = (
+    "name",
+    "image",
+    "command",
+    "working_dir",
+    "environment_template",
+    "environment_overrides",
+    "memory_limit",
+    "cpu_limit",
+    "gpus",
+    "timeout_seconds",
+    "run_as_user",
+    "read_only_root",
+    "privileged",
+    "host_network",
+    "host_pid",
+    "capabilities",
+    "mounts",
+    "requested_host",
+    "executor_type",
+    "host_labels",
+    "priority",
+    "max_attempts",
+    "retry_on",
+)
+
+
+# The hosts, template and user a job refers to. Checking that they exist costs a query each,
+# per job: a caller that checked a job with the same ones (bulk creation, from one spec) may
+# skip them.
+REFERENCES = ("requested_host", "host", "environment_template", "created_by")
+
+
+def _placed_on(requested: ExecutorHost | None) -> ExecutorHost | None:
+    """The ``host`` of a job asking for ``requested``: where it runs is routing's choice at
+    launch, and a named host (not a fallback chain) is that choice already."""
+    return requested if requested is not None and not requested.member_names else None
+
+
+def _validate(job: ContainerJob, references_checked: bool = False) -> None:
+    """Every field of ``job``, and whether a host could ever take it; ValidationError names
+    each bad field, the requested host as ``host`` (the argument's name in the API)."""
+    try:
+        # No unique check: ids are fresh uuids, and it would cost a query per job.
+        job.full_clean(validate_unique=False, exclude=REFERENCES if references_checked else None)
+        if not references_checked:
+            check_routable(job)
+    except ValidationError as error:
+        found = error.update_error_dict({})
+        if "requested_host" in found:
+            found["host"] = found.pop("requested_host")
+        raise ValidationError(found) from None
+
+
+def build_job(
+    image: str,
+    command: list[str] | None = None,
+    *,
+    host: ExecutorHost | str | None = None,
+    env: dict[str, str] | None = None,
+    env_template: EnvironmentVariableTemplate | str | None = None,
+    hold: bool = False,
+    secrets: dict[str, str] | None = None,
+    references_checked: bool = False,
+    **fields,
+) -> ContainerJob:
+    """A validated, unsaved job: what ``create_job`` saves (see there for the arguments).
+
+    ``references_checked=True`` skips the checks that query the database (the host, template
+    and creator exist; a host could take the job): for a caller that built a job with the
+    same host, template, creator and routing request already, as bulk creation does once
+    per spec. Raises ValidationError naming each bad field.
+    """
+    requested = _lookup(ExecutorHost, host, "host")
+    template = _lookup(EnvironmentVariableTemplate, env_template, "env_template")
+    env = dict(env or {})
+    errors = {}
+    if secrets:
+        try:
+            env = _with_secrets(env, secrets)
+        except ValidationError as error:
+            errors["secrets"] = error.messages
+    job = ContainerJob(
+        image=image,
+        # A tuple is as good as a list; a string is not an argv and fails validation.
+        command=list(command) if isinstance(command, list | tuple) else (command or []),
+        requested_host=requested,
+        host=_placed_on(requested),
+        environment_template=template,
+        environment_overrides=env,
+        status=JobStatus.PENDING if hold else JobStatus.QUEUED,
+        **fields,
+    )
+    try:
+        _validate(job, references_checked)
+    except ValidationError as error:
+        raise ValidationError({**error.update_error_dict({}), **errors}) from None
+    if errors:
+        raise ValidationError(errors)
+    return job
 
 
 def create_job(
@@ -66,36 +178,16 @@ def create_job(
     timeout_seconds, priority, scheduled_for, max_attempts, working_dir, created_by).
     Raises ValidationError naming each bad field; nothing is saved then.
     """
-    requested = _lookup(ExecutorHost, host, "host")
-    env = dict(env or {})
-    errors = {}
-    if secrets:
-        try:
-            env = _with_secrets(env, secrets)
-        except ValidationError as error:
-            errors["secrets"] = error.messages
-    job = ContainerJob(
-        image=image,
-        # A tuple is as good as a list; a string is not an argv and fails validation.
-        command=list(command) if isinstance(command, list | tuple) else (command or []),
-        requested_host=requested,
-        # Where it runs is routing's choice at launch; a named host is that choice already.
-        host=requested if requested is not None and not requested.member_names else None,
-        environment_template=_lookup(EnvironmentVariableTemplate, env_template, "env_template"),
-        environment_overrides=env,
-        status=JobStatus.PENDING if hold else JobStatus.QUEUED,
+    job = build_job(
+        image,
+        command,
+        host=host,
+        env=env,
+        env_template=env_template,
+        hold=hold,
+        secrets=secrets,
         **fields,
     )
-    try:
-        job.full_clean()
-        check_routable(job)
-    except ValidationError as error:
-        found = error.update_error_dict({})
-        if "requested_host" in found:  # the argument is called host here
-            found["host"] = found.pop("requested_host")
-        raise ValidationError({**found, **errors}) from None
-    if errors:
-        raise ValidationError(errors)
     job.save(force_insert=True)
     return job
 
@@ -120,6 +212,32 @@ def cancel_job(job: ContainerJob) -> ContainerJob:
         # A worker claimed it meanwhile: look again.
 
 
+# Jobs a retry (or a reroute) queues again: they ended, but not well.
+RETRYABLE = TERMINAL - {JobStatus.COMPLETED}
+# Jobs no worker holds yet: rerouting them changes where they will run.
+WAITING = frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING})
+
+
+def _changed_meanwhile(job: ContainerJob) -> ValidationError:
+    return ValidationError({"status": f"job changed meanwhile; it is now {job.status}"})
+
+
+def _queue_again(job: ContainerJob, attempts: int, **fields) -> None:
+    """Queue a finished job for ``attempts`` more attempts, writing ``fields`` in the same
+    UPDATE; refused if another process moved it first."""
+    with transaction.atomic():
+        moved = job.transition(
+            JobStatus.QUEUED,
+            max_attempts=job.attempts + attempts,
+            cancel_requested_at=None,
+            worker=None,
+            scheduled_for=timezone.now(),
+            **fields,
+        )
+    if not moved:
+        raise _changed_meanwhile(job)
+
+
 def retry_job(job: ContainerJob, attempts: int = 1) -> ContainerJob:
     """Queue a failed, timed-out or cancelled job again for ``attempts`` more attempts.
 
@@ -128,24 +246,93 @@ def retry_job(job: ContainerJob, attempts: int = 1) -> ContainerJob:
     """
     if attempts < 1:
         raise ValidationError({"attempts": "must be at least 1"})
-    if job.status not in TERMINAL - {JobStatus.COMPLETED}:
+    if job.status not in RETRYABLE:
         raise ValidationError(
             {
                 "status": f"only failed, timed-out or cancelled jobs can be retried; "
                 f"this one is {job.status}"
             }
         )
-    with transaction.atomic():
-        moved = job.transition(
-            JobStatus.QUEUED,
-            max_attempts=job.attempts + attempts,
-            cancel_requested_at=None,
-            worker=None,
-            scheduled_for=timezone.now(),
-        )
-    if not moved:
-        raise ValidationError({"status": f"job changed meanwhile; it is now {job.status}"})
+    _queue_again(job, attempts)
     return job
+
+
+def _refuse_reroute(job: ContainerJob) -> None:
+    if job.status in ACTIVE:
+        where = f" on {job.host.name}" if job.host else ""
+        raise ValidationError({"status": f"it is {job.status}{where}; cancel it first"})
+    if job.status == JobStatus.COMPLETED:
+        raise ValidationError({"status": "completed; duplicate it to run again"})
+
+
+def reroute_job(job: ContainerJob, host: ExecutorHost | str | None) -> ContainerJob:
+    """Run ``job`` on ``host`` (a host, a fallback chain, or its name) from now on.
+
+    A job waiting to run (pending, queued, retrying) keeps its status and its place in the
+    queue; a failed, timed-out or cancelled one is queued again, as ``retry_job`` does.
+    Refused (ValidationError): a job launching or running (cancel it first), a completed
+    one (duplicate it to run again), a host that cannot take the job (not active, its
+    policy refuses it), and a job another process moved meanwhile.
+    """
+    target = lookup_host(host)
+    if target is None:
+        raise ValidationError({"host": "is required: the host or fallback chain to run on"})
+    _refuse_reroute(job)
+    placement = {"requested_host": target, "host": _placed_on(target)}
+    # Checked on a copy: a refused job is left as it was.
+    moved = copy.copy(job)
+    for field, value in placement.items():
+        setattr(moved, field, value)
+    _validate(moved)
+    if job.status in RETRYABLE:
+        _queue_again(job, 1, **placement)
+        return job
+    # Only while it still waits: a worker that claimed it meanwhile has routed it already.
+    if not ContainerJob.objects.filter(pk=job.pk, status=job.status).update(**placement):
+        job.refresh_from_db()
+        raise _changed_meanwhile(job)
+    for field, value in placement.items():
+        setattr(job, field, value)
+    return job
+
+
+def duplicate_job(job: ContainerJob, created_by=None) -> ContainerJob:
+    """A new queued job with ``job``'s spec (``SPEC_FIELDS``: what to run, where it asked
+    to run, limits, confinement, retries, and its environment overrides as stored, sealed
+    values still sealed), validated as ``create_job`` validates; none of its outcome.
+    """
+    spec = {
+        field.attname: copy.deepcopy(getattr(job, field.attname))
+        for field in ContainerJob._meta.concrete_fields
+        if field.name in SPEC_FIELDS
+    }
+    twin = ContainerJob(
+        **spec,
+        host=_placed_on(job.requested_host),
+        status=JobStatus.QUEUED,
+        created_by=created_by,
+    )
+    _validate(twin)
+    twin.save(force_insert=True)
+    return twin
+
+
+def delete_job(job: ContainerJob) -> None:
+    """Delete a job, with its attempts, unless a worker holds it (ValidationError: cancel it
+    first). Raises ContainerJob.DoesNotExist for a job deleted meanwhile."""
+    with transaction.atomic():
+        # Locked: a worker cannot claim it between the look and the delete.
+        status = (
+            ContainerJob.objects.select_for_update()
+            .filter(pk=job.pk)
+            .values_list("status", flat=True)
+            .first()
+        )
+        if status is None:
+            raise ContainerJob.DoesNotExist(f"job {job.pk} no longer exists")
+        if status in ACTIVE:
+            raise ValidationError({"status": f"it is {status}: cancel it first"})
+        ContainerJob.objects.filter(pk=job.pk).delete()
 
 
 def release_job(job: ContainerJob) -> ContainerJob:
@@ -169,7 +356,7 @@ def release_job(job: ContainerJob) -> ContainerJob:
         ),
     )
     if not moved:
-        raise ValidationError({"status": f"job changed meanwhile; it is now {job.status}"})
+        raise _changed_meanwhile(job)
     # transition() set the expression on the instance: read back what was written.
     job.refresh_from_db(fields=["scheduled_for"])
     return job
