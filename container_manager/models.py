@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import envfile, fields, limits, policy, secrets
@@ -44,12 +45,18 @@ class HostLoad(TypedDict):
 class ExecutorHostQuerySet(models.QuerySet):
     def with_load(self) -> "models.QuerySet[HostWithLoad]":
         """Hosts annotated with ``load``: the jobs launching or running on each, counted
-        across all workers. The one place a host's load is computed."""
-        annotated = self.annotate(
-            load=models.Count("jobs", filter=models.Q(jobs__status__in=ACTIVE))
+        across all workers. The one place a host's load is computed.
+
+        A subquery per host over ``cm_job_status_host_idx`` reads only the few active jobs;
+        a join would walk every job the host ever ran (a second per million)."""
+        active = (
+            ContainerJob.objects.filter(host=models.OuterRef("pk"), status__in=ACTIVE)
+            .order_by()
+            .values("host")
+            .annotate(jobs=models.Count("*"))
+            .values("jobs")
         )
-        # A GROUP BY query drops Meta.ordering: keep the hosts in their usual order.
-        return annotated if self.query.order_by else annotated.order_by(*self.model._meta.ordering)
+        return self.annotate(load=Coalesce(models.Subquery(active), 0))
 
     def due_for_check(self):
         """Active hosts whose next health check has come (never checked: at once)."""
@@ -565,6 +572,18 @@ class ContainerJob(fields.CheckedModel):
             ),
             # Host loads, orphan and retry lookups: the few jobs in a given status.
             models.Index(fields=["status", "host"], name="cm_job_status_host_idx"),
+            # Operators look jobs up by what the executor calls them (show, logs, search).
+            models.Index(fields=["execution_id"], name="cm_job_execution_idx"),
+            # The job list, newest first, reads one page of a table that may hold millions.
+            models.Index(fields=["-created_at"], name="cm_job_created_idx"),
+            # The queue overview: what finished in the last hour, by status, from the index.
+            models.Index(fields=["finished_at", "status"], name="cm_job_finished_idx"),
+            # ... and the latest failures, however rare among millions of completed jobs.
+            models.Index(
+                fields=["-finished_at"],
+                condition=models.Q(status__in=["failed", "timed_out"]),
+                name="cm_job_failures_idx",
+            ),
         ]
 
     def __str__(self):
@@ -764,3 +783,12 @@ __all__ = [
     "JobStatus",
     "Worker",
 ]
+
+
+class QueueOverview(ContainerJob):
+    """The queue overview's place in the admin index: a page about jobs, not a table."""
+
+    class Meta:
+        proxy = True
+        verbose_name = verbose_name_plural = "queue overview"
+        default_permissions = ()

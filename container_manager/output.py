@@ -84,3 +84,16 @@ def decode_output(data: bytes) -> str:
 def storable(text: str) -> str:
     """``text`` as any database stores it: a NUL (in an engine's error, say) escaped."""
     return text.replace("\x00", "\\x00")
+
+
+def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
+    """Split off a UTF-8 character cut at the end of ``data``, to decode it with what follows."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if 0x80 <= byte < 0xC0:  # a continuation byte: the character starts further back
+            continue
+        length = next((n for n, limit in ((2, 0xE0), (3, 0xF0), (4, 0xF8)) if byte < limit), 1)
+        if byte >= 0xC0 and length > back:
+            return data[:-back], data[-back:]
+        break
+    return data, b""

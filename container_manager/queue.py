@@ -127,10 +127,21 @@ def promote_due_retries() -> int:
     )
 
 
+def _silent_since():
+    """A worker whose last heartbeat is older than this is presumed dead."""
+    return timezone.now() - timedelta(seconds=setting("WORKER_TIMEOUT"))
+
+
 def lost_workers():
     """Workers that stopped, or whose heartbeat is older than WORKER_TIMEOUT."""
-    silent_since = timezone.now() - timedelta(seconds=setting("WORKER_TIMEOUT"))
-    return Worker.objects.filter(Q(stopped_at__isnull=False) | Q(last_heartbeat__lt=silent_since))
+    return Worker.objects.filter(
+        Q(stopped_at__isnull=False) | Q(last_heartbeat__lt=_silent_since())
+    )
+
+
+def live_workers():
+    """Workers still running, whose heartbeat is within WORKER_TIMEOUT."""
+    return Worker.objects.filter(stopped_at__isnull=True, last_heartbeat__gte=_silent_since())
 
 
 def orphaned_jobs(host_ids=None):

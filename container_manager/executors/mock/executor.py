@@ -116,6 +116,7 @@ class MockExecutor(BaseExecutor):
         )
 
     def stream_logs(self, execution_id, follow=False):
+        self._check_reachable()
         if follow:
             self.wait(execution_id, float("inf"))
         execution = self._get(execution_id)

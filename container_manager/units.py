@@ -1,0 +1,33 @@
+"""Sizes and durations in the units people read: one way for the admin and the CLI."""
+
+from datetime import timedelta
+
+
+def human_seconds(seconds: float) -> str:
+    """``0.4 s``, ``12.3 s``, ``4 min 05 s``, ``2 h 03 min``, ``3 d 04 h``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours:02d} h"
+
+
+def human_duration(duration: timedelta) -> str:
+    return human_seconds(duration.total_seconds())
+
+
+def human_bytes(size: float) -> str:
+    """``512 B``, ``1.5 KiB``, ``12.3 MiB``, ``2.0 GiB``: binary units, as engines report."""
+    if size < 1024:
+        return f"{size:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            break
+    return f"{size:.1f} {unit}"
