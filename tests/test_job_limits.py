@@ -318,12 +318,18 @@ def test_deep_job_json_saved_around_validation_is_refused_at_launch(mock_host, f
 def test_the_admin_shows_a_job_whose_json_is_too_deep_and_a_command_that_is_no_argv(
     admin_client, mock_host
 ):
-    job = create_job("img", ["true"], host=mock_host)
+    job = create_job("img", ["true"], host=mock_host, hold=True)
     # Written around validation (an UPDATE), within what the database driver can decode.
     ContainerJob.objects.filter(pk=job.pk).update(mounts=nested_list(40), command=[["x"]])
-    change = admin_client.get(f"/admin/container_manager/containerjob/{job.pk}/change/")
+    page = f"/admin/container_manager/containerjob/{job.pk}/change/"
+    change = admin_client.get(page)  # held: the edit form
     assert change.status_code == 200
     assert f"(not shown: {DEEP})" in change.text
+    ContainerJob.objects.filter(pk=job.pk).update(status="queued")
+    operator = admin_client.get(page)
+    assert operator.status_code == 200
+    assert "(not an argv: [[&#x27;x&#x27;]])" in operator.text
+    assert "mounts" in operator.text
     assert admin_client.get("/admin/container_manager/containerjob/").status_code == 200
 
 

@@ -68,6 +68,7 @@ def job(mock_host, template):
         env={"API_TOKEN": TOKEN, "admin_password": PASSWORD, "MODE": "fast"},
         secrets={"DATABASE_URL": EXPLICIT},
         env_template=template,
+        hold=True,  # held: its admin page is the edit form
     )
 
 

@@ -8,11 +8,13 @@ from .hosts import (
     WorkerAdmin,
 )
 from .jobs import ContainerJobAdmin
+from .overview import QueueOverviewAdmin
 
 __all__ = [
     "ContainerJobAdmin",
     "EnvironmentVariableTemplateAdmin",
     "ExecutorHostAdmin",
+    "QueueOverviewAdmin",
     "RegistryCredentialAdmin",
     "WorkerAdmin",
 ]

@@ -1,0 +1,105 @@
+"""How a job's facts look in the admin: status badges, durations that tick, human units.
+
+Everything here returns escaped HTML (``format_html``): names, commands and output are
+the users' text and are shown as text, never as markup.
+"""
+
+from datetime import datetime
+
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
+
+from ..fields import short_repr
+from ..models import ContainerJob
+from ..units import human_bytes, human_duration
+
+
+def iso(moment: datetime | None) -> str:
+    return moment.isoformat() if moment else ""
+
+
+def when(moment: datetime | None) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+
+
+def status_badge(job: ContainerJob) -> SafeString:
+    label = job.get_status_display()
+    if job.cancel_requested_at and not job.is_terminal:
+        label += " · cancelling"
+    return format_html(
+        '<span class="cm-badge cm-status-{}" data-status="{}">{}</span>',
+        job.status,
+        job.status,
+        label,
+    )
+
+
+def duration(job: ContainerJob) -> SafeString:
+    """The run time; a running job's ticks in the browser (``job.js``) from its start."""
+    if job.started_at is None:
+        return mark_safe('<span class="cm-duration">—</span>')
+    end = job.finished_at or (None if job.status == job.Status.RUNNING else job.started_at)
+    shown = human_duration((end or timezone.now()) - job.started_at)
+    return format_html(
+        '<span class="cm-duration" data-started="{}" data-finished="{}">{}</span>',
+        iso(job.started_at),
+        iso(end),
+        shown,
+    )
+
+
+def clipped(text: str) -> SafeString:
+    """Text cut to its column's width by CSS, whole in its tooltip."""
+    return format_html('<span class="cm-clip" title="{}">{}</span>', text, text)
+
+
+def name_and_image(job: ContainerJob) -> SafeString:
+    """The list's job column: its name over its image, each cut to the column's width."""
+    return format_html(
+        '<span class="cm-clip cm-name" title="{}">{}</span>'
+        '<span class="cm-clip cm-image" title="{}">{}</span>',
+        job.name,
+        job.name or "(no name)",
+        job.image,
+        job.image,
+    )
+
+
+def compact_time(moment: datetime) -> SafeString:
+    """``11-26 20:30``, in full in its tooltip: a narrow column for the list."""
+    local = timezone.localtime(moment)
+    return format_html(
+        '<span title="{}">{}</span>',
+        local.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        local.strftime("%m-%d %H:%M"),
+    )
+
+
+def confinement(job: ContainerJob) -> list[str]:
+    """What the job may do beyond the safe defaults, one loosening a line (none: [])."""
+    lines = [
+        label
+        for label, on in [
+            ("privileged", job.privileged),
+            ("host network", job.host_network),
+            ("host PID namespace", job.host_pid),
+            ("read-only root filesystem", job.read_only_root),
+        ]
+        if on
+    ]
+    if job.run_as_user:
+        lines.append(f"runs as {job.run_as_user}")
+    if job.capabilities:
+        lines.append(f"capabilities {short_repr(job.capabilities)}")
+    if job.mounts:
+        lines.append(f"mounts {short_repr(job.mounts)}")
+    return lines
+
+
+def size(value: int | None) -> str:
+    return "—" if value is None else human_bytes(value)
+
+
+def cpu_time(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} s"
