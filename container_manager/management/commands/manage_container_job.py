@@ -12,10 +12,12 @@ as the server's operator, with every right but revealing secrets.
 
 import argparse
 import json
+import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -23,6 +25,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from container_manager import api
+from container_manager import bulk_operations as bulk
 from container_manager.executors import ExecutorError
 from container_manager.fields import short_repr
 from container_manager.models import ContainerJob, ExecutorHost
@@ -92,6 +95,50 @@ RETRY = ("container_manager.retry_containerjob", "retry jobs")
 RELEASE = ("container_manager.change_containerjob", "release jobs")
 CHECK_HOSTS = ("container_manager.change_executorhost", "check hosts")
 REVEAL = ("container_manager.reveal_secrets", "reveal secrets")
+# Moving a job that has not run to another host changes it, as editing it would.
+REROUTE = ("container_manager.change_containerjob", "reroute jobs")
+DELETE = ("container_manager.delete_containerjob", "delete jobs")
+
+
+class BulkAction(NamedTuple):
+    permission: tuple[str, str]
+    run: Callable[..., bulk.BulkResult]  # the bulk_operations function
+    done: str  # what it did, in the summary
+
+
+BULK_ACTIONS = {
+    "cancel": BulkAction(CANCEL, bulk.cancel_jobs, "Cancelled"),
+    "retry": BulkAction(RETRY, bulk.retry_jobs, "Queued again"),
+    "release": BulkAction(RELEASE, bulk.release_jobs, "Released"),
+    "reroute": BulkAction(REROUTE, bulk.reroute_jobs, "Rerouted"),
+    "duplicate": BulkAction(ADD, bulk.duplicate_jobs, "Duplicated"),
+    "delete": BulkAction(DELETE, bulk.delete_jobs, "Deleted"),
+}
+PROGRESS_BAR_WIDTH = 30
+
+BULK_CREATE_HELP = """\
+Create many jobs from one spec and a file of parameters: a job per row, the spec with the
+row's argv, env and name. Every row is checked first; if the spec or any row is invalid,
+nothing is created and each problem is listed by its line (CSV, JSON Lines) or item (JSON).
+
+The spec (--spec) is a JSON object of create_job's arguments: image, command, host, env,
+env_template, secrets, hold, and the job's fields (name, memory_limit, cpu_limit, gpus,
+timeout_seconds, priority, scheduled_for, max_attempts, working_dir, executor_type,
+host_labels, retry_on, run_as_user, capabilities, mounts, ...). For example:
+  {"image": "alpine:3.20", "host": "local", "memory_limit": 64, "env": {"MODE": "fast"}}
+
+The parameters (--params; '-' reads standard input), one job each:
+  json   an array of objects: [{"argv": ["resize", "a.png"], "env": {"SIZE": "64"},
+         "name": "a"}, ...]; each key is optional.
+  jsonl  one such object per line (blank lines are skipped).
+  csv    a header row, then a row per job. Column argv is a shell-quoted command line
+         (split like a shell would, no shell runs it), column name the job's name, and
+         every other column an environment variable: its name, its value in each row.
+         An empty argv or name cell keeps the spec's.
+argv replaces the spec's command; env is merged over the spec's env; name replaces its name.
+The format comes from the file's extension (.json, .jsonl, .ndjson, .csv) unless --format
+says it.
+"""
 
 
 def parse_env(pairs: list[str], field: str = "env") -> dict[str, str]:
@@ -150,8 +197,9 @@ class Command(BaseCommand):
         user_help = (
             "Act as this user: the subcommand needs that user's permission (create: "
             "add_containerjob, release: change_containerjob, cancel, retry, hosts --check: "
-            "change_executorhost, show --reveal-secrets: reveal_secrets). Without it: the "
-            "server's operator."
+            "change_executorhost, show --reveal-secrets: reveal_secrets; bulk: the action's, "
+            "reroute: change_containerjob, duplicate: add_containerjob, delete: "
+            "delete_containerjob). Without it: the server's operator."
         )
         parser.add_argument("--user", metavar="USERNAME", help=user_help)
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
@@ -294,11 +342,62 @@ class Command(BaseCommand):
         hosts.add_argument("--check", action="store_true", help="Run a health check on each.")
         self._json_flag(hosts)
 
+        bulk_actions = self._add_bulk_arguments(sub)
+
         # --user may also follow the subcommand; it is one option either way.
-        for subparser in sub.choices.values():
+        for subparser in [*sub.choices.values(), *bulk_actions]:
             subparser.add_argument(
                 "--user", metavar="USERNAME", default=argparse.SUPPRESS, help=user_help
             )
+
+    def _add_bulk_arguments(self, sub) -> list:
+        """The ``bulk`` subcommand; returns its actions' parsers."""
+        bulk_parser = sub.add_parser(
+            "bulk",
+            help="Create many jobs from a spec and a parameters file, or act on many jobs.",
+            description="Create many jobs from a spec and a parameters file, or cancel, retry, "
+            "release, reroute, duplicate or delete many jobs. Each job is done or refused on "
+            "its own; the command fails, naming each refusal, if any was refused.",
+        )
+        actions = bulk_parser.add_subparsers(dest="bulk_action", required=True, metavar="ACTION")
+        create = actions.add_parser(
+            "create",
+            help="Create a job per row of a parameters file, from one spec.",
+            description=BULK_CREATE_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        create.add_argument("--spec", required=True, metavar="FILE", help="The spec: JSON.")
+        create.add_argument(
+            "--params", required=True, metavar="FILE", help="The rows ('-': standard input)."
+        )
+        create.add_argument(
+            "--format", choices=["json", "jsonl", "csv"], help="Of --params (default: its name's)."
+        )
+        create.add_argument(
+            "--hold", action="store_true", help="Create them pending: not run until released."
+        )
+        self._json_flag(create)
+        for name, text in [
+            ("cancel", "Cancel jobs: at once if not running, else their workers stop them."),
+            ("retry", "Queue failed, timed-out or cancelled jobs again."),
+            ("release", "Queue held (pending) jobs to run."),
+            ("reroute", "Run jobs on another host: waiting ones move, finished ones re-queue."),
+            ("duplicate", "Run jobs again: a new queued job with each one's spec."),
+            ("delete", "Delete jobs and their history (not those running: cancel them first)."),
+        ]:
+            action = actions.add_parser(name, help=text, description=text)
+            if name == "reroute":
+                action.add_argument(
+                    "--host", required=True, metavar="NAME", help="The host or fallback chain."
+                )
+            action.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+            action.add_argument(
+                "--ids-from",
+                metavar="FILE",
+                help="Read job ids from FILE, one per line ('-': standard input).",
+            )
+            self._json_flag(action)
+        return list(actions.choices.values())
 
     @staticmethod
     def _json_flag(parser):
@@ -345,6 +444,9 @@ class Command(BaseCommand):
         subcommand = options["subcommand"]
         by_subcommand = {"create": ADD, "release": RELEASE, "cancel": CANCEL, "retry": RETRY}
         needed = [by_subcommand[subcommand]] if subcommand in by_subcommand else []
+        if subcommand == "bulk":
+            action = options["bulk_action"]
+            needed.append(ADD if action == "create" else BULK_ACTIONS[action].permission)
         if subcommand == "hosts" and options.get("check"):
             needed.append(CHECK_HOSTS)
         if subcommand == "show" and options.get("reveal_secrets"):
@@ -635,6 +737,102 @@ class Command(BaseCommand):
                 f"Queued job {job.pk} again (attempts so far: {job.attempts}, "
                 f"max attempts now: {job.max_attempts})."
             )
+
+    # -- bulk ----------------------------------------------------------------------------
+
+    def handle_bulk(self, options):
+        if options["bulk_action"] == "create":
+            self.bulk_create(options)
+        else:
+            self.bulk_act(options)
+
+    def bulk_create(self, options):
+        spec = self.read_input(options["spec"], bulk.read_spec)
+        if options["hold"]:
+            spec["hold"] = True
+        params = options["params"]
+        format = options["format"] or bulk.guess_format(params)
+        rows = self.read_input(params, lambda text: bulk.read_params(text, format))
+        result = bulk.create_jobs(
+            spec,
+            rows,
+            created_by=options["acting_user"],
+            progress=None if options["as_json"] else self.progress_printer(),
+        )
+        if options["as_json"]:
+            self.write_json(result.to_dict())
+        if not result:
+            problems = [f"{failure.item}: {failure.reason}" for failure in result.failed]
+            raise CommandError("\n".join(["nothing was created:", *problems]))
+        if not options["as_json"]:
+            status = JobStatus.PENDING if spec.get("hold") else JobStatus.QUEUED
+            self.stdout.write(f"Created {len(result.succeeded)} jobs ({status}).")
+
+    def read_input(self, path: str, parse):
+        """``parse`` of the text of ``path`` ('-': standard input); a CommandError naming the
+        file and listing each problem if it cannot be read or parsed."""
+        try:
+            if path == "-":
+                text = sys.stdin.read()
+            else:
+                with open(path, encoding="utf-8") as file:
+                    text = file.read()
+        except OSError as error:
+            raise CommandError(f"cannot read {path}: {error.strerror or error}") from None
+        except UnicodeDecodeError as error:
+            raise CommandError(f"{path} is not UTF-8 text: {error}") from None
+        try:
+            return parse(text)
+        except ValidationError as error:
+            problems = validation_error_lines(error)
+            raise CommandError("\n".join([f"{path}: nothing was created:", *problems])) from None
+
+    def progress_printer(self):
+        """``progress(done, total)`` for bulk creation: a bar redrawn in place on a terminal,
+        else a line per batch (for logs)."""
+        if not self.stdout.isatty():
+            return lambda done, total: self.stdout.write(f"created {done} of {total} jobs")
+
+        def draw(done: int, total: int) -> None:
+            filled = PROGRESS_BAR_WIDTH * done // max(total, 1)
+            bar = "#" * filled + "-" * (PROGRESS_BAR_WIDTH - filled)
+            self.stdout.write(f"\r[{bar}] {done}/{total} jobs", ending="")
+            if done >= total:
+                self.stdout.write("")  # the summary goes on a line of its own
+            self.stdout.flush()
+
+        return draw
+
+    def bulk_act(self, options):
+        action = options["bulk_action"]
+        _, run, done = BULK_ACTIONS[action]
+        arguments = {}
+        if action == "reroute":
+            arguments["host"] = options["host"]
+        if action == "duplicate":
+            arguments["created_by"] = options["acting_user"]
+        result = run(self.job_ids(options), **arguments)
+        total = len(result.succeeded) + len(result.failed)
+        summary = f"{done} {len(result.succeeded)} of {total} jobs"
+        if action == "reroute":
+            summary += f" to {options['host']}"
+        if action == "cancel" and (stopping := sum(job.is_active for job in result.succeeded)):
+            summary += f" ({stopping} running: their workers stop them)"
+        if options["as_json"]:
+            self.write_json(result.to_dict())
+        if not result:
+            refusals = [f"job {failure.item}: {failure.reason}" for failure in result.failed]
+            raise CommandError("\n".join([f"{summary}; {len(refusals)} refused:", *refusals]))
+        if not options["as_json"]:
+            self.stdout.write(summary + ".")
+
+    def job_ids(self, options) -> list[str]:
+        ids = list(options["job_ids"])
+        if options["ids_from"]:
+            ids += self.read_input(options["ids_from"], lambda text: text.split())
+        if not ids:
+            raise CommandError("no job ids: give them as arguments, or with --ids-from FILE")
+        return ids
 
     def handle_hosts(self, options):
         hosts: list[HostWithLoad] = list(ExecutorHost.objects.with_load())
