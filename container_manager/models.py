@@ -2,6 +2,7 @@
 (attempts, workers). Status moves are checked by the state machine in ``states``.
 """
 
+import contextlib
 import math
 import shlex
 import uuid
@@ -412,6 +413,19 @@ def validate_retry_on(value):
         )
 
 
+class ContainerJobQuerySet(models.QuerySet):
+    def identified_by(self, identifier: str) -> "ContainerJobQuerySet":
+        """The job ``identifier`` names: its id, or the execution id of its current or of an
+        earlier attempt. Each is looked up in its own index (an OR of them would not be)."""
+        ids = set(self.filter(execution_id=identifier).values_list("pk", flat=True)[:10])
+        ids.update(
+            JobAttempt.objects.filter(execution_id=identifier).values_list("job", flat=True)[:10]
+        )
+        with contextlib.suppress(ValueError):  # not an id: only execution ids, then
+            ids.add(uuid.UUID(identifier))
+        return self.filter(pk__in=ids)
+
+
 class ContainerJob(fields.CheckedModel):
     """One unit of work: an image and a command to run as a container, and what came of it.
 
@@ -420,6 +434,8 @@ class ContainerJob(fields.CheckedModel):
     """
 
     Status = JobStatus
+
+    objects = ContainerJobQuerySet.as_manager()
 
     # The status as last read from or written to the database (None: not known).
     _loaded_status: str | None
@@ -750,7 +766,8 @@ class JobAttempt(models.Model):
     number = models.PositiveIntegerField()
     host = models.ForeignKey(ExecutorHost, null=True, on_delete=models.SET_NULL)
     worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL)
-    execution_id = models.CharField(max_length=255, blank=True)
+    # Indexed: an operator may have only an earlier attempt's id (from a log, a dashboard).
+    execution_id = models.CharField(max_length=255, blank=True, db_index=True)
     routing = models.TextField(blank=True, help_text="Why this host was chosen.")
     tries = fields.BoundedJSONField(
         default=list,

@@ -241,8 +241,26 @@ def test_a_subcommand_is_required(db):
 @pytest.mark.parametrize("subcommand", ["show", "logs", "release", "cancel", "retry"])
 @pytest.mark.parametrize("job_id", ["nope", "12345", str(uuid.uuid4())])
 def test_unknown_or_malformed_job_id(db, subcommand, job_id):
-    with pytest.raises(CommandError, match=f"no job with id '{job_id}'"):
+    with pytest.raises(CommandError, match=f"no job with id or execution id '{job_id}'"):
         run(subcommand, job_id)
+
+
+def test_show_and_logs_take_an_execution_id_of_any_attempt(mock_host):
+    job = api.create_job("alpine", ["true"], host=mock_host, name="found")
+    make_running(job, execution_id="exec-second")
+    JobAttempt.objects.create(job=job, number=1, host=mock_host, execution_id="exec-first")
+    ContainerJob.objects.filter(pk=job.pk).update(stdout="the output\n")
+    for identifier in ("exec-second", "exec-first", str(job.pk)):
+        assert f"ID: {job.pk}" in run("show", identifier)
+        assert run("logs", identifier) == "the output\n"
+
+
+def test_an_execution_id_shared_by_two_jobs_is_refused_by_name(mock_host):
+    jobs = [api.create_job("alpine", ["true"], host=mock_host) for _ in range(2)]
+    for job in jobs:
+        make_running(job, execution_id="same-id")
+    with pytest.raises(CommandError, match="'same-id' names more than one job"):
+        run("show", "same-id")
 
 
 # -- list --------------------------------------------------------------------------------

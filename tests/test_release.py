@@ -216,7 +216,7 @@ def test_cli_release_json_lists_only_the_released(mock_host):
 
 def test_cli_release_with_an_unknown_id_releases_nothing(mock_host):
     job = held(mock_host)
-    with pytest.raises(CommandError, match="no job with id 'nope'"):
+    with pytest.raises(CommandError, match="no job with id or execution id 'nope'"):
         cli("release", str(job.pk), "nope")
     assert status_of(job) == JobStatus.PENDING
 

@@ -21,7 +21,7 @@ from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -309,10 +309,9 @@ class ContainerJobAdmin(admin.ModelAdmin):
         # An id or an execution id is looked up in its index, not matched as text.
         term = search_term.strip()
         if term:
-            exact = Q(execution_id=term)
-            if bounds := uuid_prefix_range(term):
-                exact |= Q(pk__range=bounds)
-            found = queryset.filter(exact)
+            found = queryset.filter(pk__in=ContainerJob.objects.identified_by(term))
+            if not found.exists() and (bounds := uuid_prefix_range(term)):
+                found = queryset.filter(pk__range=bounds)
             if found.exists():
                 return found, False
         return super().get_search_results(request, queryset, search_term)

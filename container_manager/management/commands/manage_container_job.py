@@ -16,7 +16,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
 from django.contrib.auth import get_user_model
@@ -29,7 +28,7 @@ from container_manager import bulk_operations as bulk
 from container_manager.executors import ExecutorError
 from container_manager.fields import short_repr
 from container_manager.models import ContainerJob, ExecutorHost
-from container_manager.output import decode_output
+from container_manager.output import decode_output, split_incomplete_utf8
 from container_manager.routing import describe_request
 from container_manager.secrets import SecretError
 from container_manager.serializers import (
@@ -38,6 +37,7 @@ from container_manager.serializers import (
     validation_error_lines,
 )
 from container_manager.states import InvalidTransition, JobStatus
+from container_manager.units import human_bytes, human_duration
 
 if TYPE_CHECKING:
     from container_manager.models import HostWithLoad
@@ -151,27 +151,11 @@ def parse_env(pairs: list[str], field: str = "env") -> dict[str, str]:
     return env
 
 
-def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
-    """Split off a UTF-8 character cut at the end of ``data``, to decode it with what follows."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if 0x80 <= byte < 0xC0:  # a continuation byte: the character starts further back
-            continue
-        length = next((n for n, limit in ((2, 0xE0), (3, 0xF0), (4, 0xF8)) if byte < limit), 1)
-        if byte >= 0xC0 and length > back:
-            return data[:-back], data[-back:]
-        break
-    return data, b""
+JOB_ID_HELP = "A job id, or the execution id of one of its attempts."
 
 
 def when(value) -> str:
     return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z") if value else "-"
-
-
-def seconds_text(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    return str(timedelta(seconds=round(seconds)))
 
 
 def table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -293,7 +277,7 @@ class Command(BaseCommand):
         self._json_flag(listing)
 
         show = sub.add_parser("show", help="Everything about one job and its attempts.")
-        show.add_argument("job_id", metavar="JOB_ID")
+        show.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
         show.add_argument(
             "--reveal-secrets",
             action="store_true",
@@ -309,7 +293,7 @@ class Command(BaseCommand):
             "output (stdout and stderr together) until it ends; a job that has not started "
             "yet is waited for.",
         )
-        logs.add_argument("job_id", metavar="JOB_ID")
+        logs.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
         only = logs.add_mutually_exclusive_group()
         only.add_argument("--stdout", dest="only_stdout", action="store_true", help="Only stdout.")
         only.add_argument("--stderr", dest="only_stderr", action="store_true", help="Only stderr.")
@@ -459,13 +443,18 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(data, indent=2))
 
     def get_job(self, job_id: str) -> ContainerJob:
-        try:
-            pk = uuid.UUID(job_id)
-            return ContainerJob.objects.select_related(
+        """The job a job id, or an execution id of one of its attempts, names."""
+        found = list(
+            ContainerJob.objects.identified_by(job_id).select_related(
                 "host", "environment_template", "created_by"
-            ).get(pk=pk)
-        except (ValueError, ContainerJob.DoesNotExist):
-            raise CommandError(f"no job with id {job_id!r}") from None
+            )[:2]
+        )
+        if not found:
+            raise CommandError(f"no job with id or execution id {job_id!r}")
+        if len(found) > 1:
+            ids = ", ".join(str(job.pk) for job in found)
+            raise CommandError(f"{job_id!r} names more than one job ({ids}): give a job id")
+        return found[0]
 
     def get_host(self, name: str) -> ExecutorHost:
         try:
@@ -587,9 +576,9 @@ class Command(BaseCommand):
         if job.cpu_limit is not None:
             limits.append(f"cpus {job.cpu_limit:g}")
         if job.duration is not None:
-            duration = seconds_text(job.duration.total_seconds())
+            duration = human_duration(job.duration)
         elif job.started_at and not job.is_terminal:
-            duration = seconds_text((timezone.now() - job.started_at).total_seconds())
+            duration = human_duration(timezone.now() - job.started_at)
             duration += " so far"
         else:
             duration = "-"
@@ -623,7 +612,7 @@ class Command(BaseCommand):
             ("Duration", duration),
         ]
         if job.peak_memory_bytes is not None:
-            lines.append(("Peak memory", f"{job.peak_memory_bytes / 2**20:.1f} MiB"))
+            lines.append(("Peak memory", human_bytes(job.peak_memory_bytes)))
         if job.cpu_seconds is not None:
             lines.append(("CPU time", f"{job.cpu_seconds:.2f} s"))
         return lines
