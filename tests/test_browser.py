@@ -9,6 +9,7 @@ downloads a browser of its own.
 import json
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -191,12 +192,33 @@ def test_queue_overview_is_linked_from_the_index(page, mock_host, docker_host):
 
 
 def test_job_list_fits_1400_pixels(page, mock_host, docker_host):
-    for number in range(8):
-        api.create_job(
+    now = timezone.now()
+    endings = [
+        (JobStatus.RUNNING, None),
+        (JobStatus.COMPLETED, 0),
+        (JobStatus.FAILED, 1),
+        (JobStatus.TIMED_OUT, 137),
+        (JobStatus.CANCELLED, 143),
+        (JobStatus.QUEUED, None),
+        (JobStatus.RETRYING, 1),
+        (JobStatus.PENDING, None),
+    ]
+    for number, (status, exit_code) in enumerate(endings):
+        job = api.create_job(
             "registry.example.com/team/a-rather-long-image-name:2026.11.26-build",
             ["true"],
             host=mock_host if number % 2 else docker_host,
             name=f"nightly report for a customer with a long name #{number}",
+        )
+        started = now - timedelta(minutes=number * 7 + 1, seconds=number * 13)
+        ContainerJob.objects.filter(pk=job.pk).update(
+            status=status,
+            exit_code=exit_code,
+            attempts=0 if status in (JobStatus.QUEUED, JobStatus.PENDING) else 1,
+            started_at=None if exit_code is None and status != JobStatus.RUNNING else started,
+            finished_at=None
+            if status in (JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.PENDING)
+            else started + timedelta(seconds=40 + number * 25),
         )
     page.goto(f"{page.base}/admin/container_manager/containerjob/")
     screenshot(page, "job-list")
@@ -204,6 +226,12 @@ def test_job_list_fits_1400_pixels(page, mock_host, docker_host):
     for box in ("document.documentElement", "document.querySelector('.results')"):
         overflow = page.evaluate(f"{box}.scrollWidth - {box}.clientWidth")
         assert overflow <= 0, f"{box} scrolls sideways by {overflow} px"
+    # The running job's duration ticks in the page.
+    ticking = "tr:has(.cm-status-running) .cm-duration"
+    before = page.inner_text(ticking)
+    page.wait_for_function(
+        f"document.querySelector({ticking!r}).textContent !== {before!r}", timeout=5_000
+    )
 
 
 def test_users_text_shows_as_text_on_every_page(page, worker, docker_host):
