@@ -31,7 +31,9 @@ from .models import ContainerJob, ExecutorHost
 from .serializers import validation_error_lines
 from .states import InvalidTransition, JobStatus, check_transition
 
-BATCH_SIZE = 500  # rows per INSERT / jobs per batch of updates
+# Rows per INSERT (SQLite's limit on query parameters may split one further) / jobs per batch
+# of updates: bounded memory and statement size, few round trips.
+BATCH_SIZE = 500
 
 
 @dataclass
