@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import functools
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
@@ -91,21 +92,31 @@ def derived_key(secret_key: str | bytes | None = None) -> bytes:
     return base64.urlsafe_b64encode(hkdf.derive(secret_key))
 
 
-def _keys() -> list[bytes]:
-    configured = setting("ENCRYPTION_KEYS")
+def _keys(configured, secret_key, fallbacks) -> list[bytes]:
     if isinstance(configured, str | bytes):
         raise ImproperlyConfigured(
             "CONTAINER_MANAGER['ENCRYPTION_KEYS'] must be a list of Fernet keys, not one string"
         )
     if configured:
         return [key.encode() if isinstance(key, str) else key for key in configured]
-    fallbacks = getattr(settings, "SECRET_KEY_FALLBACKS", None) or []
-    return [derived_key(settings.SECRET_KEY), *(derived_key(key) for key in fallbacks)]
+    return [derived_key(secret_key), *(derived_key(key) for key in fallbacks)]
 
 
 def _fernet() -> MultiFernet:
+    configured = setting("ENCRYPTION_KEYS")
+    return _fernet_for(
+        configured if isinstance(configured, str | bytes) else tuple(configured or ()),
+        settings.SECRET_KEY,
+        tuple(getattr(settings, "SECRET_KEY_FALLBACKS", None) or ()),
+    )
+
+
+# Deriving and parsing the keys costs more than sealing a value: done once per set of keys
+# (settings changed, in tests or on rotation, make a new set).
+@functools.lru_cache(maxsize=8)
+def _fernet_for(configured, secret_key, fallbacks) -> MultiFernet:
     fernets = []
-    for position, key in enumerate(_keys(), start=1):
+    for position, key in enumerate(_keys(configured, secret_key, fallbacks), start=1):
         try:
             fernets.append(Fernet(key))
         except (ValueError, TypeError):
