@@ -17,7 +17,7 @@ from . import secrets as sealing
 from .fields import NUL_MESSAGE, short_repr
 from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
 from .routing import check_routable
-from .states import ACTIVE, TERMINAL, JobStatus
+from .states import ACTIVE, RETRYABLE, JobStatus
 
 
 def _lookup(model, value, field):
@@ -210,12 +210,6 @@ def cancel_job(job: ContainerJob) -> ContainerJob:
         if job.transition(JobStatus.CANCELLED, finished_at=timezone.now()):
             return job
         # A worker claimed it meanwhile: look again.
-
-
-# Jobs a retry (or a reroute) queues again: they ended, but not well.
-RETRYABLE = TERMINAL - {JobStatus.COMPLETED}
-# Jobs no worker holds yet: rerouting them changes where they will run.
-WAITING = frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING})
 
 
 def _changed_meanwhile(job: ContainerJob) -> ValidationError:

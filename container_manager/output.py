@@ -97,3 +97,12 @@ def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
             return data[:-back], data[-back:]
         break
     return data, b""
+
+
+def without_cut_head(data: bytes) -> bytes:
+    """``data`` from its first whole UTF-8 character: the end of one cut off ahead of it
+    (continuation bytes, at most three) is dropped."""
+    start = 0
+    while start < min(3, len(data)) and 0x80 <= data[start] < 0xC0:
+        start += 1
+    return data[start:]

@@ -28,6 +28,10 @@ INITIAL = frozenset({S.PENDING, S.QUEUED})
 # A worker holds these: an executor may have something running for them.
 ACTIVE = frozenset({S.LAUNCHING, S.RUNNING})
 TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.TIMED_OUT, S.CANCELLED})
+# Ended, but not well: a retry (or a reroute) queues these again.
+RETRYABLE = TERMINAL - {S.COMPLETED}
+# No worker holds these yet: rerouting them changes where they will run.
+WAITING = frozenset({S.PENDING, S.QUEUED, S.RETRYING})
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.PENDING: frozenset({S.QUEUED, S.CANCELLED}),

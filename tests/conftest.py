@@ -78,6 +78,17 @@ def own_labels(*labels: str) -> list[str]:
 
 
 @pytest.fixture
+def no_container_left(docker_engine):
+    """Whatever the tests' host left is removed, then reported (other users of the engine,
+    such as another test session or a developer's own jobs, are not looked at)."""
+    yield
+    left = docker_engine.containers.list(all=True, filters={"label": own_labels()})
+    for container in left:
+        container.remove(force=True)
+    assert not left, f"containers left behind: {[c.name for c in left]}"
+
+
+@pytest.fixture
 def docker_host(db, docker_engine):
     return ExecutorHost.objects.create(
         name=DOCKER_HOST_NAME,

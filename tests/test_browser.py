@@ -23,7 +23,12 @@ from container_manager.states import JobStatus
 from .conftest import IN_CI, TEST_IMAGE, own_labels
 from .test_queue_processes import wait_until
 
-pytestmark = [pytest.mark.docker, pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.processes,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("no_container_left"),
+]
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # As TESTING.md says: without the background-networking flags Chromium tries to reach
@@ -87,15 +92,6 @@ def worker(worker_processes, docker_host):
     return worker_processes
 
 
-@pytest.fixture(autouse=True)
-def no_container_left(docker_engine):
-    yield
-    left = docker_engine.containers.list(all=True, filters={"label": own_labels()})
-    for container in left:
-        container.remove(force=True)
-    assert not left, f"containers left behind: {[c.name for c in left]}"
-
-
 def screenshot(page, name):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=False)
@@ -124,6 +120,7 @@ def test_create_a_job_in_the_admin_and_watch_its_output_live(page, worker, docke
 
     job_page(page, job)
     # Lines appear while it runs, without reloading the page.
+    page.wait_for_selector("#cm-live-panel:not([hidden])", timeout=30_000)
     page.wait_for_function(
         "document.getElementById('cm-log').textContent.includes('line-2')", timeout=30_000
     )
@@ -136,6 +133,7 @@ def test_create_a_job_in_the_admin_and_watch_its_output_live(page, worker, docke
     assert page.inner_text("#cm-status .cm-badge") == "Completed"
     assert "line-1" in page.inner_text("#cm-stdout") and "line-6" in page.inner_text("#cm-stdout")
     assert page.inner_text("#cm-exit-code") == "0"
+    assert page.inner_text("#cm-finished") != "—"
     screenshot(page, "job-completed")
 
 

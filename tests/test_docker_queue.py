@@ -19,7 +19,11 @@ from container_manager.models import ContainerJob, ExecutorHost
 from .conftest import TEST_IMAGE, own_labels
 from .test_queue_processes import wait_until
 
-pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("no_container_left"),
+]
 
 FAST_LIVENESS = json.dumps(
     {
@@ -30,17 +34,6 @@ FAST_LIVENESS = json.dumps(
         "STOP_GRACE_SECONDS": 1,
     }
 )
-
-
-@pytest.fixture(autouse=True)
-def no_container_left(docker_engine):
-    """Whatever the tests' host left is removed, then reported (other users of the engine,
-    such as another test session or a developer's own jobs, are not looked at)."""
-    yield
-    left = docker_engine.containers.list(all=True, filters={"label": own_labels()})
-    for container in left:
-        container.remove(force=True)
-    assert not left, f"containers left behind: {[c.name for c in left]}"
 
 
 def creations_by_job(docker_engine, since):

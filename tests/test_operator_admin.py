@@ -204,12 +204,20 @@ def test_live_output_starts_again_when_the_output_got_shorter(job, live_executio
     assert live is not None and live.restarted and live.text.startswith("first line")
 
 
-def test_live_output_keeps_a_cut_character_for_the_next_call(job, live_execution):
-    MockExecutor._executions["mock-live"]["stdout"] = "é" * 10
+def test_live_output_skipping_ahead_starts_at_a_whole_character(job, live_execution):
+    MockExecutor._executions["mock-live"].update(stdout="é" * 10, stderr="")
     running(job)
-    live = read_live_output(job, limit=5)  # 2½ characters
-    assert live is not None and (live.text, live.offset) == ("éé", 4)
-    assert read_live_output(job, offset=4, limit=2).text == "é"
+    live = read_live_output(job, limit=5)  # the last 5 of 20 bytes: half an "é", then two
+    assert live is not None and live.text.endswith("\néé") and live.offset == 20
+
+
+def test_live_output_skips_to_the_latest_when_far_behind(job, live_execution):
+    MockExecutor._executions["mock-live"].update(stdout="x" * 1000 + "the latest\n", stderr="")
+    running(job)
+    live = read_live_output(job, offset=0, limit=11)
+    assert live is not None
+    assert live.text == "[... container_manager: 1000 bytes skipped to keep up ...]\nthe latest\n"
+    assert live.offset == 1011
 
 
 # -- actions on a job's page ---------------------------------------------------------------

@@ -34,7 +34,7 @@ from ..live_output import read_live_output
 from ..models import ContainerJob, ExecutorHost, JobAttempt
 from ..overview import why_waiting
 from ..routing import describe_request
-from ..states import ACTIVE, TERMINAL, JobStatus
+from ..states import ACTIVE, RETRYABLE, TERMINAL, WAITING, JobStatus
 from . import display
 from .forms import CONFINEMENT_FIELDS, WHAT_TO_RUN_FIELDS, ContainerJobForm
 
@@ -81,8 +81,6 @@ OUTCOME_FIELDS = (
 )
 
 
-RETRYABLE = TERMINAL - {JobStatus.COMPLETED}
-WAITING = frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING})
 EVERY_STATUS = frozenset(JobStatus.values)
 # Selected jobs named one by one in a report; past these, "and N more".
 REPORTED_FAILURES = 20
@@ -487,12 +485,13 @@ class ContainerJobAdmin(admin.ModelAdmin):
             "confinement": display.confinement(job),
             "peak_memory": display.size(job.peak_memory_bytes),
             "cpu_time": display.cpu_time(job.cpu_seconds),
+            # (label, value, element id: job.js updates the moments that move)
             "timeline": [
-                ("Created", display.when(job.created_at)),
-                ("Scheduled for", display.when(job.scheduled_for)),
-                ("Queued", display.when(job.queued_at)),
-                ("Started", display.when(job.started_at)),
-                ("Finished", display.when(job.finished_at)),
+                ("Created", display.when(job.created_at), ""),
+                ("Scheduled for", display.when(job.scheduled_for), ""),
+                ("Queued", display.when(job.queued_at), ""),
+                ("Started", display.when(job.started_at), "cm-started"),
+                ("Finished", display.when(job.finished_at), "cm-finished"),
             ],
             "waiting": why_waiting(job),
             "attempts": attempts,
@@ -523,6 +522,8 @@ class ContainerJobAdmin(admin.ModelAdmin):
             "now": display.iso(timezone.now()),
             "started_at": display.iso(job.started_at),
             "finished_at": display.iso(job.finished_at),
+            "started": display.when(job.started_at),
+            "finished": display.when(job.finished_at),
             "exit_code": job.exit_code,
             "attempts": f"{job.attempts} of {job.max_attempts}",
             "host": job.host.name if job.host else "",

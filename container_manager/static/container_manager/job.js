@@ -40,6 +40,18 @@
         });
     }
 
+    // A chatty job could print more than a page should hold: keep the latest part.
+    const PANEL_CHARACTERS = 2000000;
+
+    function keepTail(log) {
+        const text = log.textContent;
+        if (text.length > PANEL_CHARACTERS) {
+            log.textContent = "[... earlier output left out of this panel; the stored output "
+                + "keeps the head and the tail when the job ends ...]\n"
+                + text.slice(text.length - PANEL_CHARACTERS / 2);
+        }
+    }
+
     function followJob(root) {
         const url = root.dataset.liveUrl;
         const log = document.getElementById("cm-log");
@@ -71,6 +83,8 @@
             }
             setText("cm-exit-code", data.exit_code === null ? "—" : String(data.exit_code));
             setText("cm-attempts", data.attempts);
+            setText("cm-started", data.started);
+            setText("cm-finished", data.finished);
             setText("cm-host", data.host || "—");
             setText("cm-execution", data.execution_id || "—");
             const error = document.getElementById("cm-error");
@@ -89,12 +103,15 @@
                 waiting.hidden = data.waiting.length === 0;
             }
             if (data.live) {
+                document.getElementById("cm-live-panel").hidden = false;
+                document.getElementById("cm-no-output").hidden = true;
                 if (data.live.execution_id !== execution || data.live.restarted) {
                     log.textContent = "";
                 }
                 execution = data.live.execution_id;
                 const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
                 if (data.live.text) log.append(document.createTextNode(data.live.text));
+                keepTail(log);
                 if (atBottom) log.scrollTop = log.scrollHeight;
                 offset = data.live.offset;
                 setText("cm-live-note", data.live.error
@@ -102,6 +119,7 @@
                     : "following the running container…");
             }
             if (data.terminal) {
+                document.getElementById("cm-no-output").hidden = true;
                 setText("cm-stdout", data.stdout);
                 setText("cm-stderr", data.stderr);
                 document.getElementById("cm-stored").hidden = false;
