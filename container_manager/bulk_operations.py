@@ -397,16 +397,20 @@ def _apply(
     """``operation`` on each job; what it returns is the job done. A refusal is that job's
     Failure, and the others go on."""
     result = BulkResult()
-    for job in _walk(jobs, batch_size):
-        if isinstance(job, Failure):
-            result.failed.append(job)
-            continue
-        try:
-            result.succeeded.append(operation(job))
-        except ContainerJob.DoesNotExist:
-            result.failed.append(Failure(str(job.pk), "no longer exists"))
-        except (ValidationError, InvalidTransition, SecretError) as error:
-            result.failed.append(Failure(str(job.pk), _reason(error)))
+    for batch in _chunks(_walk(jobs, batch_size), batch_size):
+        # One commit per batch, not per job: on SQLite each commit is a disk sync, and
+        # releasing 3,000 held jobs one commit at a time took over 30 s beside a worker.
+        with transaction.atomic():
+            for job in batch:
+                if isinstance(job, Failure):
+                    result.failed.append(job)
+                    continue
+                try:
+                    result.succeeded.append(operation(job))
+                except ContainerJob.DoesNotExist:
+                    result.failed.append(Failure(str(job.pk), "no longer exists"))
+                except (ValidationError, InvalidTransition, SecretError) as error:
+                    result.failed.append(Failure(str(job.pk), _reason(error)))
     return result
 
 
