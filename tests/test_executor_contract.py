@@ -19,8 +19,10 @@ from .conftest import TEST_IMAGE
 from .specs import confinement
 
 # The command every backend runs, and what those that do not run it are told it produces.
-COMMAND = ("sh", "-c", "sleep 0.3; echo hi; echo oops >&2; exit 3")
-BEHAVIOUR = {"seconds": 0.3, "exit_code": 3, "stdout": "hi\n", "stderr": "oops\n"}
+# It runs for a second: long enough to be seen running on a machine busy with other tests
+# (0.3 s was not, once, under a parallel browser test run).
+COMMAND = ("sh", "-c", "sleep 1; echo hi; echo oops >&2; exit 3")
+BEHAVIOUR = {"seconds": 1.0, "exit_code": 3, "stdout": "hi\n", "stderr": "oops\n"}
 
 BACKENDS = {
     path.stem: importlib.import_module(f"tests.backends.{path.stem}")
