@@ -14,6 +14,7 @@ own, release and re-queue ``change_containerjob`` (as for editing a held job), d
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -31,79 +32,29 @@ from django.utils.functional import cached_property
 from .. import bulk_operations as bulk
 from ..executors import executor_types
 from ..live_output import read_live_output
-from ..models import ContainerJob, ExecutorHost, JobAttempt
+from ..models import ContainerJob, ExecutorHost
 from ..overview import why_waiting
 from ..routing import describe_request
 from ..states import ACTIVE, RETRYABLE, TERMINAL, WAITING, JobStatus
 from . import display
 from .forms import CONFINEMENT_FIELDS, WHAT_TO_RUN_FIELDS, ContainerJobForm
 
-
-class JobAttemptInline(admin.TabularInline):
-    model = JobAttempt
-    fields = (
-        "number",
-        "status",
-        "host",
-        "worker",
-        "execution_id",
-        "exit_code",
-        "error",
-        "started_at",
-        "finished_at",
-    )
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-
-OUTCOME_FIELDS = (
-    "status",
-    "host",
-    "execution_id",
-    "exit_code",
-    "attempts",
-    "last_error",
-    "peak_memory_bytes",
-    "cpu_seconds",
-    "stdout",
-    "stderr",
-    "worker",
-    "cancel_requested_at",
-    "created_by",
-    "created_at",
-    "queued_at",
-    "started_at",
-    "finished_at",
-)
-
-
 EVERY_STATUS = frozenset(JobStatus.values)
 # Selected jobs named one by one in a report; past these, "and N more".
 REPORTED_FAILURES = 20
 
 
+@dataclass(frozen=True)
 class JobAction:
     """One thing an operator does to jobs, from the list or from a job's page."""
 
-    def __init__(
-        self,
-        name: str,
-        label: str,
-        done: str,
-        permission: str,
-        offered_for: frozenset,
-        run: Callable[..., bulk.BulkResult],
-        confirm: str = "",
-    ):
-        self.name, self.label, self.done = name, label, done
-        self.permission = permission  # ModelAdmin.has_<permission>_permission decides
-        self.offered_for = offered_for  # statuses a job's page offers it for
-        self.run = run  # (jobs, request, **options) -> BulkResult
-        self.confirm = confirm  # asked before it runs, for what cannot be undone
+    name: str
+    label: str  # on its button
+    done: str  # in its report: "Cancelled 3 of 5 selected jobs."
+    permission: str  # ModelAdmin.has_<permission>_permission decides who may
+    offered_for: frozenset  # the statuses a job's page offers it for
+    run: Callable[..., bulk.BulkResult]  # (jobs, request, **options)
+    confirm: str = ""  # asked before it runs, for what cannot be undone
 
 
 JOB_ACTIONS = {
@@ -198,9 +149,10 @@ class ExecutorTypeFilter(admin.SimpleListFilter):
 
 
 def uuid_prefix_range(term: str) -> tuple[uuid.UUID, uuid.UUID] | None:
-    """The ids that start with ``term`` (the short id the list shows), as an index range."""
+    """The ids that start with ``term`` (at least the 8 characters the list shows), as an
+    index range. Shorter hex words ("added", "cafe") are more likely names than ids."""
     digits = term.replace("-", "").lower()
-    if not 4 <= len(digits) <= 32 or any(c not in "0123456789abcdef" for c in digits):
+    if not 8 <= len(digits) <= 32 or any(c not in "0123456789abcdef" for c in digits):
         return None
     return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
 
@@ -372,10 +324,10 @@ class ContainerJobAdmin(admin.ModelAdmin):
             return self._confirm(request, action, queryset)
         return self._run(request, action, queryset)
 
-    def _run(self, request, action: JobAction, jobs, **options) -> None:
+    def _run(self, request, action: JobAction, jobs: QuerySet, **options) -> None:
         if not self._allowed(request, action):
             raise PermissionDenied
-        selected = jobs.count() if hasattr(jobs, "count") else len(jobs)
+        selected = jobs.count()
         self._report(request, action, action.run(jobs, request, **options), selected)
 
     def _report(self, request, action: JobAction, result: bulk.BulkResult, selected: int):
