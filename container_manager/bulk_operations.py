@@ -56,6 +56,11 @@ class BulkResult:
     def __bool__(self) -> bool:
         return self.ok
 
+    @property
+    def still_running(self) -> int:
+        """Jobs done that a worker still runs: a cancel of them is a request it acts on."""
+        return sum(1 for job in self.succeeded if job.is_active)
+
     def to_dict(self) -> dict:
         return {
             "succeeded": [str(job.pk) for job in self.succeeded],

@@ -349,10 +349,8 @@ class ContainerJobAdmin(admin.ModelAdmin):
             self.message_user(request, f"… and {more} more refused.", messages.ERROR)
         done = len(result.succeeded)
         summary = f"{action.done} {done} of {selected} selected job{'' if selected == 1 else 's'}"
-        if action.name == "cancel":
-            stopping = sum(1 for job in result.succeeded if job.status in ACTIVE)
-            if stopping:
-                summary += f" ({stopping} running: their workers stop them)"
+        if action.name == "cancel" and result.still_running:
+            summary += f" ({result.still_running} running: their workers stop them)"
         self.message_user(request, summary + ".", messages.SUCCESS if done else messages.WARNING)
 
     def _chosen_host(self, request) -> ExecutorHost | None:

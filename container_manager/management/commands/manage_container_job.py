@@ -805,8 +805,8 @@ class Command(BaseCommand):
         summary = f"{done} {len(result.succeeded)} of {total} jobs"
         if action == "reroute":
             summary += f" to {options['host']}"
-        if action == "cancel" and (stopping := sum(job.is_active for job in result.succeeded)):
-            summary += f" ({stopping} running: their workers stop them)"
+        if action == "cancel" and result.still_running:
+            summary += f" ({result.still_running} running: their workers stop them)"
         if options["as_json"]:
             self.write_json(result.to_dict())
         if not result:
