@@ -34,7 +34,7 @@ class HostRow:
 
 
 @dataclass
-class QueueOverview:
+class QueueSnapshot:
     now: datetime
     unfinished: dict[str, int]  # status -> jobs, every status not yet final
     finished_last_hour: dict[str, int]  # final status -> jobs that ended in the last hour
@@ -57,7 +57,7 @@ class QueueOverview:
         return sum(self.finished_last_hour.get(status, 0) for status in FAILURES)
 
 
-def queue_overview() -> QueueOverview:
+def queue_overview() -> QueueSnapshot:
     now = timezone.now()
     unfinished: dict[str, int] = dict.fromkeys(UNFINISHED, 0)
     by_host: dict[int | None, dict[str, int]] = {}
@@ -84,7 +84,7 @@ def queue_overview() -> QueueOverview:
         .values_list("status")
         .annotate(jobs=Count("*"))
     )
-    return QueueOverview(
+    return QueueSnapshot(
         now=now,
         unfinished=unfinished,
         finished_last_hour=dict(finished.values_list("status", "jobs")),
