@@ -132,6 +132,9 @@ def build_job(
     """
     requested = _lookup(ExecutorHost, host, "host")
     template = _lookup(EnvironmentVariableTemplate, env_template, "env_template")
+    if env is not None and not isinstance(env, dict):
+        # Not even copied: dict("x") would fail with a message naming nothing.
+        raise ValidationError({"env": f"must be an object of NAME to value, not {short_repr(env)}"})
     env = dict(env or {})
     errors = {}
     if secrets:

@@ -252,5 +252,15 @@ def test_users_text_shows_as_text_on_every_page(page, worker, docker_host):
     assert HOSTILE in page.inner_text(".cm-facts")  # the command
     page.goto(f"{page.base}/admin/container_manager/queueoverview/")
     assert HOSTILE in page.inner_text("#cm-recent-failures")
+    # The page a list action asks on names the jobs too.
+    page.goto(f"{page.base}/admin/container_manager/containerjob/")
+    page.check(f"input[name=_selected_action][value='{job.pk}']")
+    page.select_option("select[name=action]", "delete_jobs")
+    page.click("button[name=index]")
+    assert HOSTILE in page.inner_text(".cm-confirm-list")
+    # And a held job's edit form shows them in its inputs.
+    held = api.create_job(TEST_IMAGE, ["echo", HOSTILE], host=docker_host, name=HOSTILE, hold=True)
+    job_page(page, held)
+    assert page.input_value("#id_name") == HOSTILE
     assert page.locator("b", has_text="bold").count() == 0  # no markup became an element
     time.sleep(0.2)  # an onerror handler would have run by now

@@ -363,3 +363,10 @@ def test_the_cli_refuses_an_over_long_name(mock_host):
         )
     assert str(caught.value) == "name: Ensure this value has at most 200 characters (it has 201)."
     assert not ContainerJob.objects.exists()
+
+
+@pytest.mark.parametrize("env", ["A=1", ["A=1"], 7])
+def test_an_env_that_is_no_mapping_is_a_field_error(mock_host, env):
+    errors = refused(mock_host, env=env)
+    assert list(errors) == ["env"]
+    assert errors["env"][0].startswith("must be an object of NAME to value, not ")
