@@ -1,19 +1,21 @@
 """How the operator pages perform with a million jobs in the table, on PostgreSQL.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \\
         .venv/bin/python bench/overview_million.py
 
-Creates a scratch database beside the one DATABASE_URL names (``<name>_overview_bench``),
-fills it with --jobs jobs (default 1,000,000) in one INSERT ... SELECT (about a minute),
-then times, over repeated runs, the queries behind the queue overview, the job list's first
-page (unfiltered, filtered by status and host, searched by execution id), a job's "why is it
-waiting" and the lookup by execution id. Keeps the scratch database for reruns (--refill to
-start again, --drop to remove it).
+Times the queries behind the queue overview, the job list's first page (unfiltered, filtered
+by status and host, searched by execution id), a job's "why is it waiting" and the lookup by
+execution id in two scratch databases beside the one DATABASE_URL names: one of --jobs jobs
+(default 1,000,000; filled in one INSERT ... SELECT, about 80 s) and, as the baseline, one of
+--baseline-jobs (1,000). The ratio of their medians says whether the pages stay flat as the
+table grows. The databases are kept for reruns (--refill to start again, --drop to remove).
 """
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,48 +62,43 @@ FROM (
 """
 
 
-def scratch_url(url: str) -> tuple[str, str]:
+def scratch_url(url: str, jobs: int) -> tuple[str, str]:
     parts = urlsplit(url)
-    name = (parts.path.lstrip("/") or "postgres") + "_overview_bench"
+    name = f"{parts.path.lstrip('/') or 'postgres'}_overview_{jobs}"
     return urlunsplit(parts._replace(path="/" + name)), name
 
 
-def timed(function, repeat: int) -> tuple[float, float, float]:
+def timings(function, repeat: int) -> list[float]:
     function()  # warm caches: an operator's second look, not the first after a restart
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         function()
         times.append((time.perf_counter() - start) * 1000)
-    return min(times), statistics.median(times), max(times)
+    return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=9)
-    parser.add_argument("--refill", action="store_true")
-    parser.add_argument("--drop", action="store_true")
-    options = parser.parse_args()
-    base = os.environ.get("DATABASE_URL", "")
-    if not base.startswith("postgres"):
-        sys.exit("set DATABASE_URL to a PostgreSQL server (postgres://...)")
-    url, name = scratch_url(base)
-
+def prepare(base: str, jobs: int, refill: bool, drop: bool) -> str | None:
+    """The scratch database for ``jobs`` jobs (created if missing); None once dropped."""
     import psycopg
 
+    url, name = scratch_url(base, jobs)
     with psycopg.connect(base, autocommit=True) as admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        if exists and (options.refill or options.drop):
+        if exists and (refill or drop):
             admin.execute(f'DROP DATABASE "{name}"')
             exists = None
-        if options.drop:
+        if drop:
             print(f"dropped {name}")
-            return
+            return None
         if not exists:
             admin.execute(f'CREATE DATABASE "{name}"')
+    return url
 
-    os.environ["DATABASE_URL"] = url
+
+def measure(jobs: int, repeat: int) -> dict[str, list[float]]:
+    """In this process's DATABASE_URL (a scratch database): fill it with ``jobs`` jobs if it
+    is empty, then time each case ``repeat`` times."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
     import django
 
@@ -110,7 +107,7 @@ def main() -> None:
     from django.db import connection
 
     call_command("migrate", verbosity=0)
-    from container_manager.models import ContainerJob, ExecutorHost, Worker
+    from container_manager.models import ContainerJob, ExecutorHost, QueueOverview, Worker
 
     if not ContainerJob.objects.exists():
         hosts = 4
@@ -122,12 +119,11 @@ def main() -> None:
         assert host_ids == list(range(1, hosts + 1)), "fill expects host ids 1..N"
         Worker.objects.create(hostname="bench", pid=os.getpid())
         start = time.perf_counter()
+        queued = min(5000, jobs // 5)
         with connection.cursor() as cursor:
-            cursor.execute(
-                FILL, {"jobs": options.jobs, "hosts": hosts, "queued": 5000, "running": 20}
-            )
+            cursor.execute(FILL, {"jobs": jobs, "hosts": hosts, "queued": queued, "running": 20})
             cursor.execute("VACUUM ANALYZE container_manager_containerjob")
-        print(f"filled {options.jobs:,} jobs in {time.perf_counter() - start:.1f} s")
+        print(f"filled {jobs:,} jobs in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
     from django.contrib.admin.sites import site
     from django.contrib.auth.models import User
@@ -135,43 +131,88 @@ def main() -> None:
 
     from container_manager.overview import queue_overview, why_waiting
 
-    total = ContainerJob.objects.count()
-    print(f"{total:,} jobs in {name}; times in ms (min / median / max of {options.repeat})")
-    queued = ContainerJob.objects.filter(status="queued").order_by("created_at").first()
+    queued_job = ContainerJob.objects.filter(status="queued").order_by("created_at").first()
     some = ContainerJob.objects.filter(status="completed").order_by("created_at").first()
     user = User.objects.filter(username="bench").first() or User.objects.create_superuser(
         "bench", "bench@example.com", "bench"
     )
-    from container_manager.models import QueueOverview
-
-    model_admin = site._registry[ContainerJob]
+    job_admin = site._registry[ContainerJob]
     overview_admin = site._registry[QueueOverview]
     factory = RequestFactory()
 
-    def changelist(query: str = ""):
-        request = factory.get("/admin/container_manager/containerjob/" + query)
+    def get(view, path):
+        request = factory.get(path)
         request.user = user
-        response = model_admin.changelist_view(request)
-        response.render()
+        view(request).render()
 
-    def overview():
-        request = factory.get("/admin/container_manager/queueoverview/")
-        request.user = user
-        overview_admin.changelist_view(request).render()
+    def changelist(query: str = ""):
+        get(job_admin.changelist_view, "/admin/container_manager/containerjob/" + query)
 
     cases = {
         "queue overview (queries)": queue_overview,
-        "queue overview page": overview,
+        "queue overview page": lambda: get(
+            overview_admin.changelist_view, "/admin/container_manager/queueoverview/"
+        ),
         "job list, first page": changelist,
         "job list, status=failed": lambda: changelist("?status__exact=failed"),
         "job list, host=engine-2": lambda: changelist("?host__id__exact=2"),
         "job list, search by execution id": lambda: changelist(f"?q={some.execution_id}"),
-        "why waiting (a queued job)": lambda: why_waiting(queued),
-        "lookup by execution id": lambda: ContainerJob.objects.get(execution_id=some.execution_id),
+        "why waiting (a queued job)": lambda: why_waiting(queued_job),
+        "lookup by execution id": lambda: ContainerJob.objects.identified_by(
+            some.execution_id
+        ).get(),
     }
-    for label, function in cases.items():
-        low, median, high = timed(function, options.repeat)
-        print(f"  {label:<36} {low:8.1f} {median:8.1f} {high:8.1f}")
+    return {label: timings(function, repeat) for label, function in cases.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument("--baseline-jobs", type=int, default=1_000)
+    parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved runs of each size")
+    parser.add_argument("--refill", action="store_true")
+    parser.add_argument("--drop", action="store_true")
+    parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)  # internal: one size
+    options = parser.parse_args()
+    if options.measure:
+        json.dump(measure(options.measure, options.repeat), sys.stdout)
+        return
+    base = os.environ.get("DATABASE_URL", "")
+    if not base.startswith("postgres"):
+        sys.exit("set DATABASE_URL to a PostgreSQL server (postgres://...)")
+    sizes = [options.baseline_jobs, options.jobs]
+    urls = {jobs: prepare(base, jobs, options.refill, options.drop) for jobs in sizes}
+    if options.drop:
+        return
+    # Each size in a process of its own (one database per Django process), taking turns.
+    times: dict[int, dict[str, list[float]]] = {jobs: {} for jobs in sizes}
+    for _ in range(options.rounds):
+        for jobs in sizes:
+            out = subprocess.run(
+                [sys.executable, __file__, "--measure", str(jobs), "--repeat", str(options.repeat)],
+                env={**os.environ, "DATABASE_URL": urls[jobs]},
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            sys.stderr.write(out.stderr)
+            for label, runs in json.loads(out.stdout).items():
+                times[jobs].setdefault(label, []).extend(runs)
+    big, small = options.jobs, options.baseline_jobs
+    print(
+        f"ms, min / median / max of {options.rounds * options.repeat} runs; "
+        f"ratio: median with {big:,} jobs over median with {small:,}"
+    )
+    print(f"  {'':<34} {f'{big:,} jobs':>22} {f'{small:,} jobs':>22} {'ratio':>7}")
+    for label, runs in times[big].items():
+        base_runs = times[small][label]
+        ratio = statistics.median(runs) / statistics.median(base_runs)
+        print(f"  {label:<34} {spread(runs):>22} {spread(base_runs):>22} {ratio:7.2f}")
+
+
+def spread(runs: list[float]) -> str:
+    return f"{min(runs):.1f} / {statistics.median(runs):.1f} / {max(runs):.1f}"
 
 
 if __name__ == "__main__":
