@@ -45,6 +45,18 @@ def fast_password_hashing():
         yield
 
 
+def database_independent():
+    """For a module whose tests never reach the database (executors take a LaunchSpec and
+    never import a model): it runs once per test command, in the SQLite pass, which every
+    test command runs, not again in the PostgreSQL pass."""
+    from django.db import connection
+
+    return pytest.mark.skipif(
+        connection.vendor == "postgresql",
+        reason="no database involved: runs in the SQLite pass only",
+    )
+
+
 def docker_engine_url() -> str:
     return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 

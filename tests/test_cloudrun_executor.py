@@ -24,8 +24,11 @@ from container_manager.executors.cloudrun import CloudRunExecutor
 from container_manager.executors.cloudrun.definitions import ATTEMPT_ENV, JOB_ID_ENV
 from container_manager.spec import HostSpec, LaunchSpec, Mount, RegistryAuth
 
+from .conftest import database_independent
 from .specs import confinement
 from .standins.cloudrun import CloudRunStandin
+
+pytestmark = database_independent()
 
 PROJECT, REGION = "standin-project", "europe-west1"
 IMAGE = "europe-docker.pkg.dev/standin-project/jobs/tool:1"

@@ -15,8 +15,10 @@ import pytest
 from container_manager.executors.base import EXITED, NOT_FOUND, RUNNING
 from container_manager.spec import LaunchSpec
 
-from .conftest import TEST_IMAGE
+from .conftest import TEST_IMAGE, database_independent
 from .specs import confinement
+
+pytestmark = database_independent()
 
 # The command every backend runs, and what those that do not run it are told it produces.
 # It runs for a second: long enough to be seen running on a machine busy with other tests

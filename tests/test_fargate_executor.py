@@ -24,6 +24,7 @@ from container_manager.executors.fargate.connection import INSTALL_HINT, transla
 from container_manager.executors.fargate.definitions import fargate_size
 from container_manager.spec import HostSpec, LaunchSpec, Mount, RegistryAuth
 
+from .conftest import database_independent
 from .specs import confinement
 from .standins.fargate import (  # noqa: F401 - fargate_fixture is the "fargate" fixture
     EXECUTION_ROLE,
@@ -32,6 +33,8 @@ from .standins.fargate import (  # noqa: F401 - fargate_fixture is the "fargate"
     fargate_fixture,
     free_port,
 )
+
+pytestmark = database_independent()
 
 IMAGE = "registry.example.com/team/tool:1"
 COMMAND = ("sh", "-c", "echo hi; echo oops >&2; exit 3")

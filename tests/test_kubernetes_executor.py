@@ -24,7 +24,10 @@ from container_manager.executors.kubernetes.manifests import label_value, valida
 from container_manager.spec import HostSpec, LaunchSpec, Mount, RegistryAuth
 
 from . import specs
+from .conftest import database_independent
 from .standins.kubernetes import use_standin
+
+pytestmark = database_independent()
 
 SECRET = "s3cr3t-value-never-shown"
 PASSWORD = "registry-pa55word"
