@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models, transaction
+from django.db import models
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -742,10 +742,11 @@ class ContainerJob(fields.CheckedModel):
         check_transition(self.status, new_status)
         if new_status == JobStatus.QUEUED:
             fields.setdefault("queued_at", timezone.now())
-        with transaction.atomic():
-            updated = ContainerJob.objects.filter(pk=self.pk, status=self.status).update(
-                status=new_status, **fields
-            )
+        # One conditional UPDATE is atomic by itself: no transaction or savepoint around it
+        # (inside a caller's transaction that would be two more round trips per move).
+        updated = ContainerJob.objects.filter(pk=self.pk, status=self.status).update(
+            status=new_status, **fields
+        )
         if not updated:
             self.refresh_from_db()
             return False
