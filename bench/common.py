@@ -177,3 +177,11 @@ def machine(server: str) -> str:
         f"{os.cpu_count()} cores, {model}; PostgreSQL {postgres}; "
         f"Docker {docker or 'not reachable'}; Python {platform.python_version()}"
     )
+
+
+def run_json(argv: list, env: dict, what: str, timeout: float = 600) -> dict | None:
+    """Run a baseline's driver; its JSON answer on stdout (None when it prints nothing)."""
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout) if done.stdout.strip() else None

@@ -4,14 +4,13 @@ so it can never be installed beside ours), its worker as a process, its client t
 ``dcm_driver.py``.
 """
 
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import ROOT
+from common import ROOT, run_json
 
 VENV = ROOT / "var" / "bench" / "dcm-venv"
 PROJECT = ROOT / "var" / "bench" / "dcm-project"
@@ -62,16 +61,12 @@ def _env(url: str) -> dict:
 
 
 def driver(url: str, command: str, *args: str, timeout: float = 600) -> dict | None:
-    done = subprocess.run(
+    return run_json(
         [PYTHON, DRIVER, command, *args],
-        env=_env(url),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        _env(url),
+        f"django-container-manager {command}",
+        timeout,
     )
-    if done.returncode:
-        raise RuntimeError(f"django-container-manager {command} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout) if done.stdout.strip() else None
 
 
 def start_worker(url: str):

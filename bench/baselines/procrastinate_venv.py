@@ -6,14 +6,13 @@ its workers as processes we can measure, and its client driven through
 module instead of the package.)
 """
 
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import ROOT, stop, wait_for
+from common import ROOT, run_json, stop, wait_for
 
 VENV = ROOT / "var" / "bench" / "procrastinate-venv"
 PYTHON = VENV / "bin" / "python"
@@ -55,18 +54,11 @@ def _env(url: str, marks: Path) -> dict:
     return {**os.environ, "BENCH_PG_URL": url, "BENCH_MARKS": str(marks)}
 
 
-def driver(url: str, marks: Path, command: str, *args: str, timeout: float = 600) -> dict:
+def driver(url: str, marks: Path, command: str, *args: str, timeout: float = 600) -> dict | None:
     """Run one driver command; its JSON answer (or None for ``schema``)."""
-    done = subprocess.run(
-        [PYTHON, DRIVER, command, *args],
-        env=_env(url, marks),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return run_json(
+        [PYTHON, DRIVER, command, *args], _env(url, marks), f"procrastinate {command}", timeout
     )
-    if done.returncode:
-        raise RuntimeError(f"procrastinate {command} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout) if done.stdout.strip() else None
 
 
 def start_workers(url: str, marks: Path, count: int, concurrency: int = 4) -> list:
