@@ -87,6 +87,11 @@ def main():
                 print(textwrap.indent(text.rstrip(), f"   {label}| "))
         print()
     print(f"Database: {DB_PATH} (inspect with DATABASE_URL=sqlite:///{DB_PATH} ./manage.py ...)")
+    env = f"DATABASE_URL=sqlite:///{DB_PATH}"
+    print(
+        f"In the admin: {env} .venv/bin/python manage.py createsuperuser, then\n"
+        f"  {env} .venv/bin/python manage.py runserver, and open /admin/ (Queue overview)"
+    )
 
 
 if __name__ == "__main__":
