@@ -57,6 +57,11 @@ class BulkResult:
         return self.ok
 
     @property
+    def total(self) -> int:
+        """Every job or row looked at: each is either done or refused."""
+        return len(self.succeeded) + len(self.failed)
+
+    @property
     def still_running(self) -> int:
         """Jobs done that a worker still runs: a cancel of them is a request it acts on."""
         return sum(1 for job in self.succeeded if job.is_active)

@@ -109,14 +109,13 @@ def why_waiting(job: ContainerJob) -> list[str]:
     if job.status == JobStatus.PENDING:
         return ["It is held: it runs once released (Release)."]
     if job.status == JobStatus.RETRYING:
-        when = timezone.localtime(job.scheduled_for).strftime("%Y-%m-%d %H:%M:%S")
-        return [f"It waits to retry: attempt {job.attempts + 1} is due at {when}."]
+        due = _at(job.scheduled_for)
+        return [f"It waits to retry: attempt {job.attempts + 1} is due at {due}."]
     if job.status != JobStatus.QUEUED:
         return []
     reasons = []
     if job.scheduled_for > now:
-        when = timezone.localtime(job.scheduled_for).strftime("%Y-%m-%d %H:%M:%S")
-        reasons.append(f"It is scheduled for {when}.")
+        reasons.append(f"It is scheduled for {_at(job.scheduled_for)}.")
     if not live_workers().exists():
         reasons.append("No worker is alive: start one with manage.py process_container_jobs.")
     hosts = routable_hosts()
@@ -130,6 +129,10 @@ def why_waiting(job: ContainerJob) -> list[str]:
             f"job{' is' if ahead == 1 else 's are'} ahead of it in the queue."
         )
     return reasons
+
+
+def _at(moment: datetime) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _ahead_of(job: ContainerJob) -> Q:

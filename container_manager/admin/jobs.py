@@ -289,7 +289,7 @@ class ContainerJobAdmin(admin.ModelAdmin):
         return super().has_delete_permission(request, obj)
 
     def delete_model(self, request, obj):
-        self._report(request, JOB_ACTIONS["delete"], bulk.delete_jobs([obj]), 1)
+        self._report(request, JOB_ACTIONS["delete"], bulk.delete_jobs([obj]))
 
     # -- list actions --------------------------------------------------------------------
 
@@ -327,10 +327,9 @@ class ContainerJobAdmin(admin.ModelAdmin):
     def _run(self, request, action: JobAction, jobs: QuerySet, **options) -> None:
         if not self._allowed(request, action):
             raise PermissionDenied
-        selected = jobs.count()
-        self._report(request, action, action.run(jobs, request, **options), selected)
+        self._report(request, action, action.run(jobs, request, **options))
 
-    def _report(self, request, action: JobAction, result: bulk.BulkResult, selected: int):
+    def _report(self, request, action: JobAction, result: bulk.BulkResult):
         """One message per job refused (why), then how many of the selected were done."""
         failures = result.failed
         shown = failures[:REPORTED_FAILURES]
@@ -347,7 +346,7 @@ class ContainerJobAdmin(admin.ModelAdmin):
         if len(failures) > REPORTED_FAILURES:
             more = len(failures) - REPORTED_FAILURES
             self.message_user(request, f"… and {more} more refused.", messages.ERROR)
-        done = len(result.succeeded)
+        done, selected = len(result.succeeded), result.total
         summary = f"{action.done} {done} of {selected} selected job{'' if selected == 1 else 's'}"
         if action.name == "cancel" and result.still_running:
             summary += f" ({result.still_running} running: their workers stop them)"

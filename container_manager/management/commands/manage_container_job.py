@@ -801,8 +801,7 @@ class Command(BaseCommand):
         if action == "duplicate":
             arguments["created_by"] = options["acting_user"]
         result = run(self.job_ids(options), **arguments)
-        total = len(result.succeeded) + len(result.failed)
-        summary = f"{done} {len(result.succeeded)} of {total} jobs"
+        summary = f"{done} {len(result.succeeded)} of {result.total} jobs"
         if action == "reroute":
             summary += f" to {options['host']}"
         if action == "cancel" and result.still_running:
