@@ -20,6 +20,7 @@ from .models import ContainerJob, ExecutorHost, Worker
 from .queue import live_workers, ready_jobs, routable_hosts
 from .routing import route
 from .states import ACTIVE, TERMINAL, JobStatus
+from .units import local_time
 
 UNFINISHED = [status for status in JobStatus.values if status not in TERMINAL]
 FAILURES = [JobStatus.FAILED, JobStatus.TIMED_OUT]
@@ -109,13 +110,13 @@ def why_waiting(job: ContainerJob) -> list[str]:
     if job.status == JobStatus.PENDING:
         return ["It is held: it runs once released (Release)."]
     if job.status == JobStatus.RETRYING:
-        due = _at(job.scheduled_for)
+        due = local_time(job.scheduled_for)
         return [f"It waits to retry: attempt {job.attempts + 1} is due at {due}."]
     if job.status != JobStatus.QUEUED:
         return []
     reasons = []
     if job.scheduled_for > now:
-        reasons.append(f"It is scheduled for {_at(job.scheduled_for)}.")
+        reasons.append(f"It is scheduled for {local_time(job.scheduled_for)}.")
     if not live_workers().exists():
         reasons.append("No worker is alive: start one with manage.py process_container_jobs.")
     hosts = routable_hosts()
@@ -129,10 +130,6 @@ def why_waiting(job: ContainerJob) -> list[str]:
             f"job{' is' if ahead == 1 else 's are'} ahead of it in the queue."
         )
     return reasons
-
-
-def _at(moment: datetime) -> str:
-    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _ahead_of(job: ContainerJob) -> Q:

@@ -1,6 +1,13 @@
-"""Sizes and durations in the units people read: one way for the admin and the CLI."""
+"""Sizes, durations and moments in the units people read: one way for the admin and the CLI."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+
+def local_time(moment: datetime) -> str:
+    """``2026-11-26 20:30:54`` in the current time zone."""
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def human_seconds(seconds: float) -> str:

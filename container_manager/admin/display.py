@@ -12,7 +12,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from ..fields import short_repr
 from ..models import ContainerJob
-from ..units import human_bytes, human_duration
+from ..units import human_bytes, human_duration, local_time
 
 
 def iso(moment: datetime | None) -> str:
@@ -20,7 +20,7 @@ def iso(moment: datetime | None) -> str:
 
 
 def when(moment: datetime | None) -> str:
-    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+    return local_time(moment) if moment else "—"
 
 
 def status_badge(job: ContainerJob) -> SafeString:

@@ -37,7 +37,7 @@ from container_manager.serializers import (
     validation_error_lines,
 )
 from container_manager.states import InvalidTransition, JobStatus
-from container_manager.units import human_bytes, human_duration
+from container_manager.units import human_bytes, human_duration, local_time
 
 if TYPE_CHECKING:
     from container_manager.models import HostWithLoad
@@ -155,7 +155,7 @@ JOB_ID_HELP = "A job id, or the execution id of one of its attempts."
 
 
 def when(value) -> str:
-    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z") if value else "-"
+    return f"{local_time(value)} {timezone.localtime(value):%Z}" if value else "-"
 
 
 def table(headers: list[str], rows: list[list[str]]) -> list[str]:
