@@ -13,6 +13,7 @@ import pytest
 from django.db.models import Count
 
 from container_manager.api import create_job
+from container_manager.live_output import read_live_output
 from container_manager.models import ContainerJob, ExecutorHost
 
 from .conftest import TEST_IMAGE
@@ -190,3 +191,31 @@ def peak_rss_bytes(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def test_the_log_panel_says_when_the_engine_is_gone_and_reads_on_when_it_is_back(
+    engine, host, worker_processes
+):
+    command = ["sh", "-c", "for i in $(seq 1 200); do echo line-$i; sleep 0.1; done"]
+    job = create_job(TEST_IMAGE, command, host=host)
+    start_worker(worker_processes, host, settings={"ENGINE_OUTAGE_GRACE": 60})
+    assert wait_until(lambda: statuses().get("running") == 1, 30), worker_processes.logs()
+    job.refresh_from_db()  # running, with its execution id; kept so while the engine is away
+
+    def live_after(offset):
+        live = read_live_output(job, offset)
+        assert live is not None
+        return live
+
+    assert wait_until(lambda: "line-3" in live_after(0).text, 15)
+    before = live_after(0)
+    engine.stop()
+    gone = live_after(before.offset)
+    assert "unreachable" in gone.error, gone
+    assert (gone.text, gone.offset) == ("", before.offset)  # nothing lost, nothing made up
+
+    engine.start()
+    back = live_after(before.offset)
+    assert back.error == "" and not back.restarted, back
+    assert back.offset >= before.offset  # it reads on from where the panel was
+    assert "line-1\n" not in back.text  # not the whole log again
