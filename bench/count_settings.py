@@ -19,12 +19,16 @@ from django.db.backends.signals import connection_created
 from example_project.settings import *  # noqa: F403
 
 COUNTS = {"statements": 0, "connections": 0}
+# How often each statement was sent, by its opening words: where the count comes from.
+BY_STATEMENT: dict[str, int] = {}
 _lock = threading.Lock()
 
 
 def _count_statement(execute, sql, params, many, context):
+    opening = " ".join(sql.split())[:90]
     with _lock:
         COUNTS["statements"] += 1
+        BY_STATEMENT[opening] = BY_STATEMENT.get(opening, 0) + 1
     return execute(sql, params, many, context)
 
 
@@ -38,7 +42,7 @@ def _count_connection(sender, connection, **kwargs):
 
 def _write_counts(signum, frame):
     with _lock:
-        counts = dict(COUNTS)
+        counts = {**COUNTS, "by_statement": dict(BY_STATEMENT)}
     path = os.environ["BENCH_COUNTS_FILE"]
     with open(path + ".tmp", "w") as file:
         json.dump(counts, file)

@@ -247,6 +247,11 @@ def counts(bench: Bench) -> None:
         f"  {statements:.1f} statements and {connections:.2f} new connections per job "
         f"(in {seconds:.1f} s; an idle worker sends {idle:.1f} statements/s, included)"
     )
+    before = start["by_statement"]
+    sent = {sql: n - before.get(sql, 0) for sql, n in end["by_statement"].items()}
+    for sql, n in sorted(sent.items(), key=lambda item: -item[1])[:12]:
+        if n:
+            say(f"    {n / jobs:5.2f}/job  {sql}")
     bench.report.value("statements_per_job", statements, "statements/job")
     bench.report.value("connections_per_job", connections, "connections/job")
     bench.report.value("idle_statements_per_s", idle, "statements/s")

@@ -26,6 +26,18 @@ def reset_connection() -> None:
         connection.connection = None
 
 
+def drop_if_broken() -> None:
+    """Close this thread's connection if an error may have broken it and it no longer
+    answers; a working one is kept, whatever ``CONN_MAX_AGE`` says: a worker queries too
+    often to open a connection each time (see ``runner_threads``)."""
+    if connection.connection is None or not connection.errors_occurred:
+        return
+    if connection.is_usable() and not connection.in_atomic_block:
+        connection.errors_occurred = False
+    else:
+        reset_connection()
+
+
 def retry_transient(step, what: str, seconds: float | None = None):
     """Call ``step()`` until it succeeds, retrying transient database errors for ``seconds``
     (default ``DATABASE_RETRY_SECONDS``) with a growing pause; then the error is raised.

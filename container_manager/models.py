@@ -19,7 +19,7 @@ from django.utils import timezone
 from . import envfile, fields, limits, policy, secrets
 from .conf import setting
 from .exceptions import ExecutorError
-from .executors import Health, get_executor_class, validate_executor_type
+from .executors import Health, executor_for, get_executor_class, validate_executor_type
 from .output import storable
 from .spec import HostSpec, RegistryAuth
 from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transition
@@ -213,13 +213,12 @@ class ExecutorHost(fields.CheckedModel):
         return problems
 
     def get_executor(self):
-        """A new executor instance for this host."""
+        """This host's executor, shared by its jobs in this process (see ``executor_for``)."""
         try:
-            cls = get_executor_class(self.executor_type)
+            return executor_for(self.spec())
         except KeyError:
             validate_executor_type(self.executor_type)
             raise
-        return cls(self.spec())
 
     def spec(self) -> HostSpec:
         """This host as executors see it: plain values, no model."""

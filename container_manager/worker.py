@@ -1,4 +1,4 @@
-"""The worker loop: claim ready jobs, run each in its own thread, keep a heartbeat, and
+"""The worker loop: claim ready jobs, run each in a runner thread, keep a heartbeat, and
 adopt the jobs of workers that died.
 
 Launching and harvesting are one thing here: the thread that launches a job stays with it
@@ -19,16 +19,17 @@ import socket
 import threading
 import time
 
-from django.db import DatabaseError, close_old_connections, connections
+from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from . import janitor, queue
 from .conf import setting
-from .db import TRANSIENT_ERRORS
+from .db import TRANSIENT_ERRORS, drop_if_broken
 from .models import ContainerJob, ExecutorHost
 from .models import Worker as WorkerRecord
 from .notify import Listener
 from .runner import Runner
+from .runner_threads import Handle, RunnerThreads
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ class Worker:
         self.stopping = threading.Event()  # no more claiming
         self.release = threading.Event()  # running jobs are let go, for another worker
         self.wake = threading.Event()  # something happened: look again now
-        self.running: dict[threading.Thread, ContainerJob] = {}  # runner thread -> its job
+        self.running: dict[Handle, ContainerJob] = {}  # each job a runner follows
+        self.runners = RunnerThreads(on_done=self.wake.set)
         self.record: WorkerRecord | None = None  # this worker's row, from ``run`` on
         self.jobs_finished = 0
         self.stop_deadline: float | None = None  # time.monotonic(); set with ``stopping``
@@ -89,6 +91,7 @@ class Worker:
         finally:
             self.release.set()
             self._join_runners()
+            self.runners.shutdown(RELEASE_WAIT_SECONDS)
             for helper in (self.sweeper, self.checker):
                 if helper is not None:
                     helper.join(timeout=RELEASE_WAIT_SECONDS)
@@ -131,7 +134,7 @@ class Worker:
                     self.release.set()
                     return
             try:
-                close_old_connections()
+                drop_if_broken()
                 if time.monotonic() >= next_heartbeat:
                     self._heartbeat()
                     self._resume_unwatched()
@@ -188,40 +191,37 @@ class Worker:
         """Resume every job this worker holds that no live runner thread follows."""
         # Taken before the query: a thread that ends after it wrote its job's outcome must
         # not make that job look unwatched.
-        watched = {job.pk for thread, job in self.running.items() if thread.is_alive()}
+        watched = {job.pk for handle, job in self.running.items() if handle.is_alive()}
         for job in queue.owned_jobs(self._own_record()):
             if job.pk not in watched:
                 logger.warning("job %s (%s) had no runner; resuming it", job.pk, job.status)
                 self._submit(Runner(job, self.release).resume, job)
 
     def _submit(self, target, job) -> None:
-        thread = threading.Thread(
-            target=self._in_thread, args=(target,), name=f"cm-job-{job.pk}", daemon=True
-        )
-        self.running[thread] = job
-        thread.start()
+        self.running[self.runners.submit(target, f"cm-job-{job.pk}")] = job
 
     def _in_thread(self, target) -> None:
+        """A helper thread's body (sweeper, health checks): rare, so it connects each time."""
         try:
             target()
-        except Exception:  # a runner's job is resumed by the watchdog; the worker goes on
+        except Exception:  # the next round tries again; the worker goes on
             logger.exception("%s crashed", threading.current_thread().name)
         finally:
             connections.close_all()
             self.wake.set()
 
     def _reap(self) -> None:
-        for thread in [t for t in self.running if not t.is_alive()]:
-            self.running.pop(thread)
+        for handle in [h for h in self.running if not h.is_alive()]:
+            self.running.pop(handle)
             self.jobs_finished += 1
 
     def _join_runners(self) -> None:
-        """Wait for runner threads: all of them when stopping gracefully, a few seconds once
-        their jobs are released (they may be busy reading output; another worker re-attaches)."""
+        """Wait for runners: all of them when stopping gracefully, a few seconds once their
+        jobs are released (they may be busy reading output; another worker re-attaches)."""
         deadline = time.monotonic() + RELEASE_WAIT_SECONDS
-        for thread in list(self.running):
+        for handle in list(self.running):
             left = deadline - time.monotonic() if self.release.is_set() else None
-            thread.join(None if left is None else max(0.0, left))
+            handle.join(None if left is None else max(0.0, left))
         self._reap()
         if self.running:
             logger.warning("leaving %d runner thread(s) behind", len(self.running))
@@ -277,7 +277,7 @@ class Worker:
         """Hand back what is still running, and say this worker is gone."""
         for attempt in range(3):
             try:
-                close_old_connections()
+                drop_if_broken()
                 record = self._own_record()
                 released = queue.release_jobs(record)
                 WorkerRecord.objects.filter(pk=record.pk).update(stopped_at=timezone.now())

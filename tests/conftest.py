@@ -45,6 +45,16 @@ def fast_password_hashing():
         yield
 
 
+@pytest.fixture(autouse=True)
+def fresh_executors():
+    """Each test starts as a new process would: with no executor kept from an earlier test
+    (a kept Docker client would carry another test's engine address or environment)."""
+    from container_manager.executors import forget_executors
+
+    forget_executors()
+    yield
+
+
 def database_independent():
     """For a module whose tests never reach the database (executors take a LaunchSpec and
     never import a model): it runs once per test command, in the SQLite pass, which every

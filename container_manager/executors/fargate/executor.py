@@ -191,14 +191,21 @@ class FargateExecutor(BaseExecutor):
             request["launchType"] = self.config.get("launch_type", "FARGATE")
         if self.config.get("platform_version"):
             request["platformVersion"] = self.config["platform_version"]
-        response = self._call(
-            "ecs",
-            "run_task",
-            f"starting a task of '{spec.image}'",
-            LaunchError,
-            maybe_started=True,
-            **request,
-        )
+        try:
+            response = self._call(
+                "ecs",
+                "run_task",
+                f"starting a task of '{spec.image}'",
+                LaunchError,
+                maybe_started=True,
+                **request,
+            )
+        except ExecutorError:
+            # Executors live as long as the worker: a definition deregistered since it was
+            # looked up must not fail every later launch of the family.
+            with self._lock:
+                self._definitions.pop(definition["family"], None)
+            raise
         tasks = response.get("tasks") or []
         if not tasks:
             reasons = "; ".join(
