@@ -444,12 +444,27 @@ def test_a_blank_connection_string_means_the_environment_default(docker_host, mo
     assert f" on {docker_host.connection_string}, " in health.message
 
 
+def test_a_short_execution_is_not_sampled(docker_host):
+    """Its stats stream would report nothing (the engine samples once a second) and costs
+    the engine a request as it starts the container."""
+    job = create_job(TEST_IMAGE, ["true"], host=docker_host)
+    executor = docker_host.get_executor()
+    execution_id = launch(job, executor)
+    try:
+        assert executor.wait(execution_id, 30)
+        assert execution_id not in executor._samplers
+        assert executor.harvest(execution_id).exit_code == 0
+    finally:
+        executor.cleanup(execution_id)
+
+
 def test_the_usage_sampler_stops_when_the_container_ends(docker_host):
     job = create_job(TEST_IMAGE, ["sleep", "1.5"], host=docker_host)
     executor = docker_host.get_executor()
     execution_id = launch(job, executor)
-    sampler = executor._samplers[execution_id]
     try:
+        assert not executor.wait(execution_id, 0.8)  # still running: sampling starts
+        sampler = executor._samplers[execution_id]
         assert sampler.thread.is_alive()
         assert executor.wait(execution_id, 30)
         sampler.thread.join(3)  # the engine samples once a second

@@ -59,6 +59,12 @@ def host_problems(host: HostSpec) -> dict[str, str]:
     return errors
 
 
+# Connections to the engine kept for reuse by one host's executor. Each running job may hold
+# two at once (waiting, and its usage stream); beyond the pool, connections are opened for
+# one request and thrown away.
+POOLED_CONNECTIONS = 64
+
+
 def connect(host: HostSpec, timeout: float) -> docker.DockerClient:
     """A client for the host's engine; ExecutorUnavailable when it cannot or must not be used."""
     tls_files = (host.tls_ca_cert, host.tls_client_cert, host.tls_client_key)
@@ -77,7 +83,7 @@ def connect(host: HostSpec, timeout: float) -> docker.DockerClient:
         )
         if problem and not host.allow_insecure:
             raise ExecutorUnavailable(insecure_message(host, kwargs["base_url"], problem))
-        return _Client(timeout=timeout, **kwargs)
+        return _Client(timeout=timeout, max_pool_size=POOLED_CONNECTIONS, **kwargs)
     except docker.errors.TLSParameterError as error:
         raise ExecutorUnavailable(
             f"Docker host '{host.name}' has unusable TLS settings: {error}"

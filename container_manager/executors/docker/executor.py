@@ -18,6 +18,7 @@ import threading
 import docker
 import docker.errors
 from django.core.exceptions import ValidationError
+from docker.models.containers import _create_container_args
 
 from ...exceptions import ExecutorError, HostError, LaunchError
 from ...output import CappedOutput
@@ -40,6 +41,10 @@ logger = logging.getLogger(__name__)
 SIGKILL_EXIT_CODE = 137
 # Container states that still have (or will have again) running processes.
 LIVE_STATES = {"running", "restarting", "paused"}
+# Usage is sampled only for executions still running after this long: the engine's first
+# stats frame comes about a second in, so a stream opened for a shorter one reports nothing
+# and costs the engine a request at its busiest moment, the container's start.
+SAMPLE_AFTER_SECONDS = 0.5
 
 
 class DockerExecutor(BaseExecutor):
@@ -97,25 +102,31 @@ class DockerExecutor(BaseExecutor):
 
     # -- launching --------------------------------------------------------------------
 
+    @property
+    def pull_policy(self) -> str:
+        return self.config.get("pull_policy", DEFAULT_PULL_POLICY)
+
     def launch(self, spec):
-        client = self.client
-        self._ensure_image(spec.image, spec.registry_auth)
         options = container_options(spec, self.config)
+        if self.pull_policy == "always":
+            self._pull(spec.image, spec.registry_auth)
         try:
-            container = client.containers.create(spec.image, **options)
+            container_id = self._create(spec, options)
         except docker.errors.APIError as error:
             if error.status_code != 409:
                 raise self._launch_error(error, spec) from error
             # This attempt has a container already: an earlier launch's answer was lost.
             if existing := self.find_execution(spec.job_id, spec.attempt):
                 logger.info("job %s: attempt %s runs already", spec.job_id, spec.attempt)
-                self._start_sampler(existing)
                 return existing
-            container = self._create(spec, options)  # find_execution removed an unstarted one
+            try:  # find_execution removed an unstarted one
+                container_id = self._create(spec, options)
+            except ENGINE_ERRORS as again:
+                raise self._launch_error(again, spec) from again
         except ENGINE_ERRORS as error:
             raise self._launch_error(error, spec) from error
         try:
-            container.start()
+            self.api.start(container_id)
         except ENGINE_ERRORS as error:
             translated = self._error(
                 error, f"starting the container for '{spec.image}'", LaunchError
@@ -126,23 +137,37 @@ class DockerExecutor(BaseExecutor):
                     f"job asks for: {translated}"
                 )
             try:
-                container.remove(force=True)
+                self.api.remove_container(container_id, force=True)
             except Exception as remove_error:  # noqa: BLE001 - report the start failure
                 logger.warning(
-                    "could not remove unstarted container %s: %s", container.id, remove_error
+                    "could not remove unstarted container %s: %s", container_id, remove_error
                 )
                 # The engine went away mid-start: the container may be running there.
                 if isinstance(translated, HostError):
                     translated.maybe_started = True
             raise translated from error
-        self._start_sampler(container.id)
-        return container.id
+        return container_id
 
-    def _create(self, spec, options):
+    def _create(self, spec, options) -> str:
+        """The id of the attempt's new container. A missing image is pulled then, as
+        ``docker run`` does: one request when the image is there, the usual case."""
         try:
-            return self.client.containers.create(spec.image, **options)
-        except ENGINE_ERRORS as error:
-            raise self._launch_error(error, spec) from error
+            return self._create_container(spec.image, options)
+        except docker.errors.ImageNotFound:
+            if self.pull_policy == "never":
+                raise LaunchError(
+                    f"image '{spec.image}' is not present on host '{self.host.name}' "
+                    "and pull_policy is 'never'"
+                ) from None
+        self._pull(spec.image, spec.registry_auth)
+        return self._create_container(spec.image, options)
+
+    def _create_container(self, image, options) -> str:
+        # The SDK's own arguments mapping, without ``containers.create``'s inspection of the
+        # new container, a round trip per launch whose answer nothing here reads.
+        api = self.api
+        arguments = _create_container_args({"image": image, "version": api._version, **options})
+        return api.create_container(**arguments)["Id"]
 
     def _launch_error(self, error, spec):
         if isinstance(error, docker.errors.ImageNotFound):
@@ -177,21 +202,8 @@ class DockerExecutor(BaseExecutor):
             raise self._error(error, "listing containers") from error
         return {c["Id"]: c["Labels"].get(JOB_ID_LABEL, "") for c in found}
 
-    def _ensure_image(self, image, auth=None):
-        policy = self.config.get("pull_policy", DEFAULT_PULL_POLICY)
-        if policy != "always":
-            try:
-                self.api.inspect_image(image)
-                return
-            except docker.errors.NotFound:
-                pass
-            except ENGINE_ERRORS as error:
-                raise self._error(error, f"looking up image '{image}'", LaunchError) from error
-            if policy == "never":
-                raise LaunchError(
-                    f"image '{image}' is not present on host '{self.host.name}' "
-                    "and pull_policy is 'never'"
-                )
+    def _pull(self, image, auth=None):
+        policy = self.pull_policy
         # The registry's credentials, the engine's way: sent with this pull only.
         login = {"username": auth.username, "password": auth.password} if auth else None
         try:
@@ -245,12 +257,21 @@ class DockerExecutor(BaseExecutor):
     def wait(self, execution_id, timeout):
         if timeout is not None and timeout <= 0:
             return self.status(execution_id) != RUNNING
-        request_timeout = None if timeout is None or math.isinf(timeout) else timeout
         with self._state_lock:
-            attached = execution_id in self._samplers
-        # Waiting on a container this executor did not launch (a restarted worker): sample it.
-        if not attached and self.status(execution_id) == RUNNING:
+            sampled = execution_id in self._samplers
+        if not sampled:
+            first = SAMPLE_AFTER_SECONDS if timeout is None else min(timeout, SAMPLE_AFTER_SECONDS)
+            if self._wait(execution_id, first):
+                return True
             self._start_sampler(execution_id)
+            if timeout is not None:
+                timeout -= first
+                if timeout <= 0:
+                    return False
+        return self._wait(execution_id, timeout)
+
+    def _wait(self, execution_id, timeout):
+        request_timeout = None if timeout is None or math.isinf(timeout) else timeout
         try:
             result = self.api.wait(execution_id, timeout=request_timeout)
         except docker.errors.NotFound:
