@@ -39,7 +39,11 @@ def ready_jobs():
 def routable_hosts(host_ids=None, lock=False) -> list[HostWithLoad]:
     """Active hosts with their loads; ``host_ids`` limits them to a worker's own hosts (a chain
     counts when one of its members does). ``lock``: no other claim counts and adds to these
-    loads until this transaction ends, or two could fill a host's last slot."""
+    loads until this transaction ends, or two could fill a host's last slot.
+
+    The loads are counted by a statement of their own, after the lock is held: counted in the
+    locking statement, they would be as of its snapshot, taken before the wait for the lock
+    (PostgreSQL's READ COMMITTED), and miss the claims it waited for."""
     active = ExecutorHost.objects.filter(is_active=True).order_by("pk")
     if lock and connection.features.has_select_for_update:
         list(active.select_for_update().values_list("pk"))
@@ -63,11 +67,14 @@ def claimable(hosts: list[HostWithLoad]):
     return ready_jobs().filter(Q(requested_host__isnull=True) | Q(requested_host__in=open_hosts))
 
 
-def claim_jobs(worker: Worker, limit: int, host_ids=None) -> list[ContainerJob]:
-    """Claim up to ``limit`` ready jobs for ``worker``, each routed to a fit host."""
-    # An empty queue is the usual answer: one look at the ready-jobs index, without locking
-    # the hosts or counting their loads on every turn of every idle worker.
-    if limit <= 0 or not ready_jobs().exists():
+def claim_jobs(worker: Worker, limit: int, host_ids=None, look_first=True) -> list[ContainerJob]:
+    """Claim up to ``limit`` ready jobs for ``worker``, each routed to a fit host.
+
+    ``look_first``: look whether any job is ready before locking the hosts; a caller whose
+    last claim took all it asked for knows there may be more, and saves the look."""
+    # An empty queue is the usual answer of an idle worker: one look at the ready-jobs index,
+    # without locking the hosts or counting their loads on every turn of every idle worker.
+    if limit <= 0 or (look_first and not ready_jobs().exists()):
         return []
     claimed: list[ContainerJob] = []
     with transaction.atomic():

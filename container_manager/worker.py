@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 SWEEP_INTERVAL = 60.0
 # Seconds between looks for hosts due for a health check.
 CHECK_LOOK_INTERVAL = 0.5
+# Seconds between promotions of jobs whose retry delay has passed (a retry starts at most
+# this late); not every loop turn, which under load is every job.
+PROMOTE_INTERVAL = 1.0
 # Once running jobs are released (a second SIGTERM), how long their threads get to notice
 # before the worker signs off without them.
 RELEASE_WAIT_SECONDS = 5.0
@@ -70,6 +73,13 @@ class Worker:
         # After a database outage, other workers' heartbeats are as stale as this one's:
         # their jobs are not adopted until they have had time to beat again.
         self.adopt_after = 0.0
+        # Orphans are looked for at each heartbeat (a worker is presumed lost only after
+        # WORKER_TIMEOUT), and again while there were more than free slots.
+        self.look_for_orphans = True
+        # The pks of this worker's hosts (None: every host), looked up at each heartbeat.
+        self.host_ids: list[int] | None = None
+        # The last claim took all it asked for: more jobs may be ready (see claim_jobs).
+        self.maybe_more = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -123,7 +133,7 @@ class Worker:
     # -- the loop --------------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_heartbeat = next_sweep = next_check = 0.0
+        next_heartbeat = next_sweep = next_check = next_promotion = 0.0
         while True:
             self._reap()
             if self.stopping.is_set():
@@ -138,7 +148,12 @@ class Worker:
                 if time.monotonic() >= next_heartbeat:
                     self._heartbeat()
                     self._resume_unwatched()
+                    self.host_ids = self._look_up_host_ids()
+                    self.look_for_orphans = True
                     next_heartbeat = time.monotonic() + setting("HEARTBEAT_INTERVAL")
+                if time.monotonic() >= next_promotion:
+                    queue.promote_due_retries()
+                    next_promotion = time.monotonic() + PROMOTE_INTERVAL
                 if time.monotonic() >= next_sweep:
                     self._sweep()
                     next_sweep = time.monotonic() + SWEEP_INTERVAL
@@ -161,26 +176,30 @@ class Worker:
             self.wake.wait(self.poll_interval)
             self.wake.clear()
 
-    def _host_ids(self):
+    def _look_up_host_ids(self) -> list[int] | None:
         if self.host_names is None:
             return None
         return list(queue.active_hosts(self.host_names).values_list("pk", flat=True))
 
     def _has_work(self) -> bool:
-        return queue.has_pending_work(self._host_ids())
+        return queue.has_pending_work(self.host_ids)
 
     def _take_work(self) -> int:
         """Adopt orphaned jobs first (they are already running), then claim new ones."""
-        host_ids = self._host_ids()
+        host_ids = self.host_ids
         free = self.max_concurrent - len(self.running)
         adopted = []
-        if time.monotonic() >= self.adopt_after:
+        if self.look_for_orphans and free > 0 and time.monotonic() >= self.adopt_after:
             adopted = queue.adopt_orphans(self._own_record(), free, host_ids)
+            self.look_for_orphans = len(adopted) == free  # more may be waiting for a slot
         for job in adopted:
             logger.info("adopted job %s (%s) from a lost worker", job.pk, job.status)
             self._submit(Runner(job, self.release).resume, job)
-        queue.promote_due_retries()
-        claimed = queue.claim_jobs(self._own_record(), free - len(adopted), host_ids)
+        wanted = free - len(adopted)
+        claimed = queue.claim_jobs(
+            self._own_record(), wanted, host_ids, look_first=not self.maybe_more
+        )
+        self.maybe_more = wanted > 0 and len(claimed) == wanted
         for job in claimed:
             assert job.host is not None  # claim_jobs routes each job it claims to a host
             logger.info("claimed job %s (%s) for host %s", job.pk, job, job.host.name)

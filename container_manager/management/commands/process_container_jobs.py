@@ -1,5 +1,7 @@
 import argparse
+import logging
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from container_manager.models import ExecutorHost
@@ -18,6 +20,8 @@ def positive(kind, what):
 
     return parse
 
+
+logger = logging.getLogger("container_manager.worker")
 
 positive_float = positive(float, "number of seconds")
 positive_int = positive(int, "whole number")
@@ -54,6 +58,11 @@ class Command(BaseCommand):
         missing = [name for name in hosts if name not in known]
         if missing:
             raise CommandError(f"--host: no executor host named {', '.join(map(repr, missing))}")
+        if settings.DEBUG:
+            # With DEBUG, Django times every statement and keeps each connection's last
+            # 9,000: a worker's memory and time per job would depend on a development switch.
+            settings.DEBUG = False
+            logger.info("DEBUG is on in the settings; this worker runs with it off")
         worker = Worker(
             max_concurrent=options["max_concurrent"],
             poll_interval=options["poll_interval"],
