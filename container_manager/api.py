@@ -5,6 +5,7 @@ The CLI and the admin are thin layers over these functions.
 """
 
 import copy
+import math
 import time
 
 from django.core.exceptions import ValidationError
@@ -12,7 +13,7 @@ from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from . import envfile, limits
+from . import envfile, limits, notify
 from . import secrets as sealing
 from .fields import NUL_MESSAGE, short_repr
 from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
@@ -360,12 +361,17 @@ def release_job(job: ContainerJob) -> ContainerJob:
 
 
 def wait_for_job(job: ContainerJob, timeout: float | None = None, interval: float = 0.2):
-    """Block until the job ends (or ``timeout`` seconds pass); returns it refreshed."""
+    """Block until the job ends (or ``timeout`` seconds pass); returns it refreshed.
+
+    On PostgreSQL the job's ending wakes the caller at once (a notification); elsewhere the
+    job is looked at every ``interval`` seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    job.refresh_from_db()
-    while not job.is_terminal:
-        if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(f"job {job.pk} still {job.status} after {timeout} s")
-        time.sleep(interval)
+    with notify.job_endings(job.pk, poll=interval) as pause:
         job.refresh_from_db()
+        while not job.is_terminal:
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"job {job.pk} still {job.status} after {timeout} s")
+            pause(left)
+            job.refresh_from_db()
     return job

@@ -1,11 +1,17 @@
-"""Instant pickup on PostgreSQL: a trigger NOTIFYs when a job becomes queued, and each
-worker LISTENs on a connection of its own. Polling stays the fallback (and is all SQLite has).
+"""Instant news on PostgreSQL: triggers NOTIFY when a job becomes queued (each worker
+LISTENs on a connection of its own) and when a job ends (``job_endings``, for callers waiting
+on a job). Polling stays the fallback (and is all SQLite has).
 """
 
+import contextlib
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterator
 
 from django.db import connections
+
+from .states import TERMINAL
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +39,38 @@ DROP FUNCTION IF EXISTS container_manager_notify_queued();
 """
 
 
+ENDED_CHANNEL = "container_manager_job_ended"
+
+_TERMINAL_SQL = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
+
+# Installed by migration 0007 on PostgreSQL only.
+ENDED_TRIGGER_SQL = f"""
+CREATE OR REPLACE FUNCTION container_manager_notify_ended() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('{ENDED_CHANNEL}', NEW.id::text);
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER container_manager_job_ended
+AFTER UPDATE OF status ON container_manager_containerjob
+FOR EACH ROW WHEN (
+    NEW.status IN ({_TERMINAL_SQL})
+    AND OLD.status IS DISTINCT FROM NEW.status
+)
+EXECUTE FUNCTION container_manager_notify_ended();
+"""
+
+DROP_ENDED_TRIGGER_SQL = """
+DROP TRIGGER IF EXISTS container_manager_job_ended ON container_manager_containerjob;
+DROP FUNCTION IF EXISTS container_manager_notify_ended();
+"""
+
+# Without notifications (SQLite, or a notification lost with its connection), a waiting
+# caller looks at the job at least this often.
+ENDED_RECHECK_SECONDS = 1.0
+
+
 def install_trigger(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(TRIGGER_SQL)
@@ -41,6 +79,64 @@ def install_trigger(apps, schema_editor):
 def drop_trigger(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(DROP_TRIGGER_SQL)
+
+
+def install_ended_trigger(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(ENDED_TRIGGER_SQL)
+
+
+def drop_ended_trigger(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(DROP_ENDED_TRIGGER_SQL)
+
+
+def _listening_connection(alias: str, channel: str):
+    import psycopg
+
+    params = connections[alias].get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    conn = psycopg.connect(**params, autocommit=True)
+    conn.execute(f"LISTEN {channel}")
+    return conn
+
+
+@contextlib.contextmanager
+def job_endings(job_id, poll: float, alias: str = "default") -> Iterator[Callable[[float], None]]:
+    """A ``pause(seconds)`` that returns early when job ``job_id`` ends.
+
+    On PostgreSQL it listens from the moment this is entered, so an ending between the
+    caller's look at the job and its pause is not missed; each pause lasts at most
+    ``ENDED_RECHECK_SECONDS``. Elsewhere a pause is a sleep of at most ``poll`` seconds.
+    """
+    conn = None
+    if Listener.available(alias):
+        try:
+            conn = _listening_connection(alias, ENDED_CHANNEL)
+        except Exception as error:  # noqa: BLE001 - polling still works
+            logger.warning("cannot listen for job endings (%s); polling", error)
+    wanted = str(job_id)
+
+    def pause(seconds: float) -> None:
+        if conn is None:
+            time.sleep(max(0.0, min(seconds, poll)))
+            return
+        until = time.monotonic() + max(0.0, min(seconds, ENDED_RECHECK_SECONDS))
+        try:
+            while (left := until - time.monotonic()) > 0:
+                for note in conn.notifies(timeout=left, stop_after=1):
+                    if note.payload == wanted:
+                        return
+        except Exception as error:  # noqa: BLE001 - the caller looks at the job again anyway
+            logger.warning("listening for job endings: %s", error)
+            time.sleep(max(0.0, until - time.monotonic()))
+
+    try:
+        yield pause
+    finally:
+        if conn is not None:
+            conn.close()
 
 
 class Listener(threading.Thread):
@@ -57,15 +153,9 @@ class Listener(threading.Thread):
         return connections[alias].vendor == "postgresql"
 
     def run(self) -> None:
-        import psycopg
-
-        params = connections[self.alias].get_connection_params()
-        params.pop("cursor_factory", None)
-        params.pop("context", None)
         while not self.stopped.is_set():
             try:
-                with psycopg.connect(**params, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                with _listening_connection(self.alias, CHANNEL) as conn:
                     # Jobs may have been queued while we were not listening.
                     self.wake.set()
                     while not self.stopped.is_set():

@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from container_manager import api
+from container_manager import api, notify
 from container_manager.executors import BaseExecutor, ExecutorUnavailable
 from container_manager.executors.mock import MockExecutor
 from container_manager.launching import launch
@@ -497,6 +497,8 @@ def test_logs_follow_falls_back_to_stored_output_when_nothing_streams(mock_host,
         row.transition(JobStatus.COMPLETED, finished_at=timezone.now(), stdout="stored\n")
 
     monkeypatch.setattr(time, "sleep", fake_sleep)
+    # The job ends in the waiting's sleep: no notification (nothing is committed here).
+    monkeypatch.setattr(notify.Listener, "available", staticmethod(lambda alias="default": False))
     assert run("logs", str(job.pk), "--follow") == "stored\n"
 
 

@@ -6,7 +6,8 @@ import pytest
 from django.db import connection
 from django.db.models import Count
 
-from container_manager.api import create_job
+from container_manager import notify
+from container_manager.api import create_job, wait_for_job
 from container_manager.models import ContainerJob, ExecutorHost, JobAttempt
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
@@ -92,3 +93,18 @@ def test_without_listen_notify_a_job_waits_for_the_poll(worker_processes):
     time.sleep(2)
     job = create_job("img", host=host)
     assert not wait_until(lambda: ContainerJob.objects.get(pk=job.pk).status != "queued", 3)
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_a_caller_waiting_on_a_job_is_woken_by_its_ending(worker_processes, monkeypatch):
+    """Through the job-ended notification: with looks at the job a minute apart, only the
+    notification can end the wait within the timeout."""
+    host = ExecutorHost.objects.create(
+        name="mock", executor_type="mock", executor_config={"duration_seconds": 1}
+    )
+    worker_processes.start("--poll-interval", "0.1")
+    job = create_job("img", host=host)
+    monkeypatch.setattr(notify, "ENDED_RECHECK_SECONDS", 60)
+    started = time.monotonic()
+    assert wait_for_job(job, timeout=30, interval=60).status == "completed"
+    assert time.monotonic() - started < 15, worker_processes.logs()
