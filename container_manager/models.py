@@ -789,6 +789,16 @@ class JobAttempt(models.Model):
     def __str__(self):
         return f"{self.job_id} attempt {self.number}"
 
+    @property
+    def known_execution_id(self) -> str:
+        """This attempt's execution id. The record is written when the attempt ends; until
+        then the execution of the attempt under way is the job's own ``execution_id``."""
+        if self.execution_id or self.finished_at is not None:
+            return self.execution_id
+        job = self.job
+        running = job.status == JobStatus.RUNNING and job.attempts == self.number
+        return job.execution_id if running else ""
+
 
 __all__ = [
     "RegistryCredential",

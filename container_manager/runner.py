@@ -79,6 +79,8 @@ class Runner:
         self.job = job
         self.release = release
         self.owner = job.worker_id
+        # The attempt's execution once known: written on the attempt with its outcome.
+        self.execution_id = ""
         # time.monotonic() by which the job's timeout is up (set by ``supervise``)
         self.deadline: float | None = None
         # time.monotonic() when the host stopped answering
@@ -181,6 +183,7 @@ class Runner:
                     return
                 if not self.mark_running(executor, execution_id):
                     return
+            self.execution_id = execution_id
             if self.until_reachable(executor.status, execution_id) == NOT_FOUND:
                 self.record(
                     JobStatus.FAILED,
@@ -213,12 +216,11 @@ class Runner:
         job = self.job
 
         def step():
-            with transaction.atomic():
-                moved = job.transition(
-                    JobStatus.RUNNING, execution_id=execution_id, started_at=timezone.now()
-                )
-                if moved:
-                    current_attempt(job).update(execution_id=execution_id)
+            # One UPDATE of the job: the attempt's record gets the execution id with its
+            # outcome (``record_outcome``), in the write that ends it.
+            moved = job.transition(
+                JobStatus.RUNNING, execution_id=execution_id, started_at=timezone.now()
+            )
             # A retry after a commit whose answer was lost finds the move already made.
             return moved or (job.status == JobStatus.RUNNING and job.execution_id == execution_id)
 
@@ -235,6 +237,7 @@ class Runner:
 
     def follow(self, executor, execution_id: str) -> None:
         job = self.job
+        self.execution_id = execution_id
         try:
             verdict = self.supervise(executor, execution_id)
             if verdict is RELEASED:
@@ -379,14 +382,18 @@ class Runner:
         The executor may not be able to give this outcome again, so the write outlives a
         database restart (``DATABASE_RETRY_SECONDS``).
         """
-        job = self.job
+        job, execution_id = self.job, self.execution_id
         return retry_transient(
-            lambda: record_outcome(job, status, outcome, error, kind),
+            lambda: record_outcome(job, status, outcome, error, kind, execution_id),
             f"job {job.pk}: recording its outcome",
         )
 
 
-def record_outcome(job: ContainerJob, status, outcome: Outcome, error="", kind="") -> bool:
+def record_outcome(
+    job: ContainerJob, status, outcome: Outcome, error="", kind="", execution_id=""
+) -> bool:
+    """Write the attempt's end on the job and on its attempt record (with ``execution_id``,
+    the attempt's execution, when it got one), queueing a retry when one is due."""
     if status is None:
         status = JobStatus.COMPLETED if outcome.exit_code == 0 else JobStatus.FAILED
         kind = EXIT_CODE
@@ -410,9 +417,10 @@ def record_outcome(job: ContainerJob, status, outcome: Outcome, error="", kind="
             finished_at=finished,
         )
         if moved:
-            current_attempt(job).update(
-                status=status, exit_code=outcome.exit_code, error=error, finished_at=finished
-            )
+            ended = {"status": status, "exit_code": outcome.exit_code, "error": error}
+            if execution_id:
+                ended["execution_id"] = execution_id
+            current_attempt(job).update(**ended, finished_at=finished)
             if retry_at is not None:
                 job.transition(JobStatus.RETRYING, scheduled_for=retry_at)
     if not moved:

@@ -19,7 +19,7 @@ def attempt_to_dict(attempt) -> dict:
         "host": attempt.host.name if attempt.host else None,
         "routing": attempt.routing,
         "tries": list(attempt.tries or []),
-        "execution_id": attempt.execution_id,
+        "execution_id": attempt.known_execution_id,
         "exit_code": attempt.exit_code,
         "error": attempt.error,
         "started_at": _time(attempt.started_at),

@@ -7,7 +7,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
-from container_manager.api import cancel_job, create_job
+from container_manager.api import cancel_job, create_job, retry_job
 from container_manager.launching import launch
 from container_manager.models import ContainerJob, ExecutorHost, JobAttempt
 from container_manager.worker import Worker
@@ -49,6 +49,48 @@ def test_job_goes_from_queued_to_completed_with_worker_defaults(mock_host):
         "completed",
         job.execution_id,
     )
+
+
+def test_a_running_attempt_shows_the_jobs_execution_and_keeps_it_when_it_ends(db):
+    """The attempt's record is written once, as it ends; until then the execution of the
+    attempt under way is the job's."""
+    host = ExecutorHost.objects.create(
+        name="slow", executor_type="mock", executor_config={"duration_seconds": 1.5}
+    )
+    job = create_job("img", host=host)
+    worker = Worker(poll_interval=0.05, until_idle=True)
+    thread = in_thread(worker)
+    try:
+        deadline = time.monotonic() + 10
+        while ContainerJob.objects.get(pk=job.pk).status != "running":
+            assert time.monotonic() < deadline, "the job never ran"
+            time.sleep(0.02)
+        attempt = JobAttempt.objects.select_related("job").get(job=job)
+        assert attempt.execution_id == ""
+        assert attempt.known_execution_id == attempt.job.execution_id != ""
+    finally:
+        thread.join(20)
+    attempt = JobAttempt.objects.select_related("job").get(job=job)
+    assert attempt.status == "completed"
+    assert attempt.execution_id == attempt.known_execution_id == attempt.job.execution_id
+
+
+def test_a_failed_launch_leaves_no_execution_on_its_attempt(db):
+    """A retry whose launch fails does not inherit the execution of the attempt before it."""
+    host = ExecutorHost.objects.create(
+        name="m", executor_type="mock", executor_config={"exit_code": 1}
+    )
+    job = create_job("img", host=host)
+    run_worker()
+    job.refresh_from_db()
+    first = job.execution_id
+    host.executor_config = {"launch_error": "no room"}
+    host.save()
+    retry_job(job)
+    run_worker()
+    second = JobAttempt.objects.get(job=job, number=2)
+    assert (second.status, second.execution_id, second.known_execution_id) == ("failed", "", "")
+    assert JobAttempt.objects.get(job=job, number=1).execution_id == first
 
 
 def test_non_zero_exit_fails_with_error_on_the_job(db):

@@ -544,7 +544,7 @@ class Command(BaseCommand):
                 " → ".join([*(t["host"] for t in attempt.tries), attempt.host.name])
                 if attempt.host
                 else "-",
-                attempt.execution_id or "-",
+                attempt.known_execution_id or "-",
                 "-" if attempt.exit_code is None else str(attempt.exit_code),
                 when(attempt.started_at),
                 clip(attempt.error, 80) or "-",
