@@ -140,11 +140,18 @@ def job_endings(job_id, poll: float, alias: str = "default") -> Iterator[Callabl
 
 
 class Listener(threading.Thread):
-    """Sets ``wake`` whenever a job is queued; reconnects when its connection drops."""
+    """Sets ``wake`` whenever a job is queued (and ``queued``, which says why); reconnects
+    when its connection drops."""
 
-    def __init__(self, wake: threading.Event, alias: str = "default"):
+    def __init__(
+        self,
+        wake: threading.Event,
+        alias: str = "default",
+        queued: threading.Event | None = None,
+    ):
         super().__init__(name="cm-listener", daemon=True)
         self.wake = wake
+        self.queued = queued
         self.alias = alias
         self.stopped = threading.Event()
 
@@ -160,6 +167,8 @@ class Listener(threading.Thread):
                     self.wake.set()
                     while not self.stopped.is_set():
                         for _ in conn.notifies(timeout=0.2, stop_after=1):
+                            if self.queued is not None:
+                                self.queued.set()
                             self.wake.set()
             except Exception as error:  # noqa: BLE001 - keep listening whatever happens
                 logger.warning("job listener: %s; reconnecting", error)

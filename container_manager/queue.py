@@ -70,8 +70,9 @@ def claimable(hosts: list[HostWithLoad]):
 def claim_jobs(worker: Worker, limit: int, host_ids=None, look_first=True) -> list[ContainerJob]:
     """Claim up to ``limit`` ready jobs for ``worker``, each routed to a fit host.
 
-    ``look_first``: look whether any job is ready before locking the hosts; a caller whose
-    last claim took all it asked for knows there may be more, and saves the look."""
+    ``look_first``: look whether any job is ready before locking the hosts; a caller that
+    knows there may be one (its last claim took all it asked for, or a job was just queued)
+    saves the look."""
     # An empty queue is the usual answer of an idle worker: one look at the ready-jobs index,
     # without locking the hosts or counting their loads on every turn of every idle worker.
     if limit <= 0 or (look_first and not ready_jobs().exists()):

@@ -63,6 +63,7 @@ class Worker:
         self.stopping = threading.Event()  # no more claiming
         self.release = threading.Event()  # running jobs are let go, for another worker
         self.wake = threading.Event()  # something happened: look again now
+        self.queued = threading.Event()  # a job was queued (a notification): claim at once
         self.running: dict[Handle, ContainerJob] = {}  # each job a runner follows
         self.runners = RunnerThreads(on_done=self.wake.set)
         self.record: WorkerRecord | None = None  # this worker's row, from ``run`` on
@@ -93,7 +94,7 @@ class Worker:
             f", hosts {', '.join(self.host_names)}" if self.host_names else "",
         )
         listen = setting("LISTEN_NOTIFY") and Listener.available()
-        listener = Listener(self.wake) if listen else None
+        listener = Listener(self.wake, queued=self.queued) if listen else None
         if listener:
             listener.start()
         try:
@@ -196,8 +197,10 @@ class Worker:
             logger.info("adopted job %s (%s) from a lost worker", job.pk, job.status)
             self._submit(Runner(job, self.release).resume, job)
         wanted = free - len(adopted)
+        notified = self.queued.is_set()
+        self.queued.clear()
         claimed = queue.claim_jobs(
-            self._own_record(), wanted, host_ids, look_first=not self.maybe_more
+            self._own_record(), wanted, host_ids, look_first=not (self.maybe_more or notified)
         )
         self.maybe_more = wanted > 0 and len(claimed) == wanted
         for job in claimed:
