@@ -23,7 +23,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from . import api, envfile
+from . import api, envfile, signals
 from . import secrets as sealing
 from .exceptions import SecretError
 from .fields import short_repr
@@ -346,6 +346,7 @@ def _insert(jobs: list[ContainerJob], batch_size: int, progress) -> None:
                 progress(start + len(batch), len(jobs))
     for job in jobs:
         job._loaded_status = job.status  # as save() leaves it: transition() relies on it
+        signals.announce(job, None, job.status)
 
 
 # -- operating on jobs ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ from django.db import models
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import envfile, fields, limits, policy, secrets
+from . import envfile, fields, limits, policy, secrets, signals
 from .conf import setting
 from .exceptions import ExecutorError
 from .executors import Health, executor_for, get_executor_class, validate_executor_type
@@ -720,7 +720,8 @@ class ContainerJob(fields.CheckedModel):
 
     def save(self, *args, **kwargs):
         old = None if self._state.adding else getattr(self, "_loaded_status", None)
-        if self._state.adding or old is not None:
+        known = self._state.adding or old is not None  # the status it moves from is known
+        if known:
             check_transition(old, self.status)
         if self.status == JobStatus.QUEUED and self.queued_at is None:
             self.queued_at = timezone.now()
@@ -729,6 +730,8 @@ class ContainerJob(fields.CheckedModel):
             # Secret values are stored sealed; see container_manager.secrets.
             self.environment_overrides = secrets.seal_environment(self.environment_overrides)
         super().save(*args, **kwargs)
+        if known and old != self.status:
+            signals.announce(self, old, self.status)
         self._loaded_status = self.status
 
     def transition(self, new_status: str, **fields) -> bool:
@@ -749,9 +752,11 @@ class ContainerJob(fields.CheckedModel):
         if not updated:
             self.refresh_from_db()
             return False
+        old_status = self.status
         self.status = self._loaded_status = new_status
         for name, value in fields.items():
             setattr(self, name, value)
+        signals.announce(self, old_status, new_status)
         return True
 
     def refresh_from_db(self, *args, **kwargs):

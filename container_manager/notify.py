@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from django.db import connections
 
@@ -15,80 +16,73 @@ from .states import TERMINAL
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "container_manager_job_queued"
+JOB_TABLE = "container_manager_containerjob"
 
-# Installed by migration 0002 on PostgreSQL only. A trigger, rather than a Django signal,
-# so that every path that queues a job (ORM, bulk update, admin, raw SQL) wakes the workers.
-TRIGGER_SQL = f"""
-CREATE OR REPLACE FUNCTION container_manager_notify_queued() RETURNS trigger AS $$
+
+def notify_trigger(event: str, channel: str, on: str, when: str) -> tuple[str, str]:
+    """The SQL creating, and the SQL dropping, a trigger (and its function, both named after
+    ``event``) that NOTIFYs ``channel`` with the job's id after ``on`` (``UPDATE OF status``,
+    say) of each job row matching ``when``."""
+    function, trigger = f"container_manager_notify_{event}", f"container_manager_job_{event}"
+    create = f"""
+CREATE OR REPLACE FUNCTION {function}() RETURNS trigger AS $$
 BEGIN
-    PERFORM pg_notify('{CHANNEL}', NEW.id::text);
+    PERFORM pg_notify('{channel}', NEW.id::text);
     RETURN NULL;
 END;
 $$ LANGUAGE plpgsql;
 
-CREATE TRIGGER container_manager_job_queued
-AFTER INSERT OR UPDATE OF status ON container_manager_containerjob
-FOR EACH ROW WHEN (NEW.status = 'queued')
-EXECUTE FUNCTION container_manager_notify_queued();
+CREATE TRIGGER {trigger}
+AFTER {on} ON {JOB_TABLE}
+FOR EACH ROW WHEN ({when})
+EXECUTE FUNCTION {function}();
 """
-
-DROP_TRIGGER_SQL = """
-DROP TRIGGER IF EXISTS container_manager_job_queued ON container_manager_containerjob;
-DROP FUNCTION IF EXISTS container_manager_notify_queued();
+    drop = f"""
+DROP TRIGGER IF EXISTS {trigger} ON {JOB_TABLE};
+DROP FUNCTION IF EXISTS {function}();
 """
+    return create, drop
 
+
+CHANNEL = "container_manager_job_queued"
+
+# Installed by migration 0001 on PostgreSQL only. A trigger, rather than a Django signal,
+# so that every path that queues a job (ORM, bulk update, admin, raw SQL) wakes the workers.
+TRIGGER_SQL, DROP_TRIGGER_SQL = notify_trigger(
+    "queued", CHANNEL, "INSERT OR UPDATE OF status", "NEW.status = 'queued'"
+)
 
 ENDED_CHANNEL = "container_manager_job_ended"
 
-_TERMINAL_SQL = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
-
-# Installed by migration 0007 on PostgreSQL only.
-ENDED_TRIGGER_SQL = f"""
-CREATE OR REPLACE FUNCTION container_manager_notify_ended() RETURNS trigger AS $$
-BEGIN
-    PERFORM pg_notify('{ENDED_CHANNEL}', NEW.id::text);
-    RETURN NULL;
-END;
-$$ LANGUAGE plpgsql;
-
-CREATE TRIGGER container_manager_job_ended
-AFTER UPDATE OF status ON container_manager_containerjob
-FOR EACH ROW WHEN (
-    NEW.status IN ({_TERMINAL_SQL})
-    AND OLD.status IS DISTINCT FROM NEW.status
+# Installed by migration 0007 on PostgreSQL only: for callers waiting on a job.
+ENDED_TRIGGER_SQL, DROP_ENDED_TRIGGER_SQL = notify_trigger(
+    "ended",
+    ENDED_CHANNEL,
+    "UPDATE OF status",
+    "NEW.status IN ({}) AND OLD.status IS DISTINCT FROM NEW.status".format(
+        ", ".join(f"'{status}'" for status in sorted(TERMINAL))
+    ),
 )
-EXECUTE FUNCTION container_manager_notify_ended();
-"""
-
-DROP_ENDED_TRIGGER_SQL = """
-DROP TRIGGER IF EXISTS container_manager_job_ended ON container_manager_containerjob;
-DROP FUNCTION IF EXISTS container_manager_notify_ended();
-"""
 
 # Without notifications (SQLite, or a notification lost with its connection), a waiting
 # caller looks at the job at least this often.
 ENDED_RECHECK_SECONDS = 1.0
 
 
-def install_trigger(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(TRIGGER_SQL)
+def on_postgresql(sql: str) -> Callable[[Any, Any], None]:
+    """A migration step (RunPython) that runs ``sql`` on PostgreSQL, and nothing elsewhere."""
+
+    def run(apps, schema_editor):
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(sql)
+
+    return run
 
 
-def drop_trigger(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DROP_TRIGGER_SQL)
-
-
-def install_ended_trigger(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(ENDED_TRIGGER_SQL)
-
-
-def drop_ended_trigger(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DROP_ENDED_TRIGGER_SQL)
+install_trigger = on_postgresql(TRIGGER_SQL)
+drop_trigger = on_postgresql(DROP_TRIGGER_SQL)
+install_ended_trigger = on_postgresql(ENDED_TRIGGER_SQL)
+drop_ended_trigger = on_postgresql(DROP_ENDED_TRIGGER_SQL)
 
 
 def _listening_connection(alias: str, channel: str):

@@ -127,12 +127,14 @@ def reroute(job: ContainerJob, tried: list[int], why: str):
     return chosen
 
 
-def promote_due_retries() -> int:
-    """Queue again the jobs whose retry delay has passed."""
+def promote_due_retries(batch: int = 500) -> int:
+    """Queue again the jobs whose retry delay has passed (at most ``batch`` a call), each
+    with its own conditional move, so each is announced once (``signals``)."""
     now = timezone.now()
-    return ContainerJob.objects.filter(status=JobStatus.RETRYING, scheduled_for__lte=now).update(
-        status=JobStatus.QUEUED, queued_at=now
-    )
+    due = ContainerJob.objects.filter(status=JobStatus.RETRYING, scheduled_for__lte=now)
+    # A retrying job's output can be megabytes, and nothing here reads it.
+    due = due.defer("stdout", "stderr").order_by("scheduled_for")
+    return sum(job.transition(JobStatus.QUEUED, queued_at=now) for job in due[:batch])
 
 
 def _silent_since():
