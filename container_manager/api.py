@@ -7,6 +7,7 @@ The CLI and the admin are thin layers over these functions.
 import copy
 import math
 import time
+import uuid
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -34,6 +35,27 @@ def _lookup(model, value, field):
     except model.DoesNotExist:
         what = model._meta.verbose_name
         raise ValidationError({field: f"no {what} named {short_repr(value)}"}) from None
+
+
+def _dependencies(values) -> list[ContainerJob]:
+    """The jobs ``values`` names (jobs or job ids), each once; ValidationError on
+    ``depends_on`` naming what is not a job."""
+    if values is None:
+        return []
+    if not isinstance(values, list | tuple | set | frozenset):
+        raise ValidationError(
+            {"depends_on": f"must be a list of jobs or job ids, not {short_repr(values)}"}
+        )
+    ids = []
+    for value in values:
+        try:
+            ids.append(value.pk if isinstance(value, ContainerJob) else uuid.UUID(str(value)))
+        except ValueError:
+            raise ValidationError({"depends_on": f"{short_repr(value)} is not a job id"}) from None
+    found = ContainerJob.objects.in_bulk(ids)
+    if missing := [str(pk) for pk in ids if pk not in found]:
+        raise ValidationError({"depends_on": f"no job with id {', '.join(missing)}"})
+    return list(found.values())
 
 
 def lookup_host(host: ExecutorHost | str | None) -> ExecutorHost | None:
@@ -172,27 +194,38 @@ def create_job(
     env_template: EnvironmentVariableTemplate | str | None = None,
     hold: bool = False,
     secrets: dict[str, str] | None = None,
+    depends_on: list | None = None,
     **fields,
 ) -> ContainerJob:
     """Validate and save a job, queued to run (or pending, with ``hold=True``).
 
     ``env`` values of variables whose names match ``SECRET_ENV_PATTERNS`` are stored sealed
     (encrypted); ``secrets`` are variables stored sealed whatever their names.
+    ``depends_on``: jobs (or their ids) that must complete first. The job waits, pending,
+    until they all have (workers queue it then), and fails unrun if one of them fails, times
+    out or is cancelled. They exist before it, so dependencies can form no cycle.
     ``fields`` are any other ContainerJob fields (name, memory_limit, cpu_limit,
     timeout_seconds, priority, scheduled_for, max_attempts, working_dir, created_by).
     Raises ValidationError naming each bad field; nothing is saved then.
     """
+    dependencies = _dependencies(depends_on)
+    if dependencies and hold:
+        raise ValidationError(
+            {"depends_on": "a job that waits for others cannot also be held (hold)"}
+        )
     job = build_job(
         image,
         command,
         host=host,
         env=env,
         env_template=env_template,
-        hold=hold,
+        hold=hold or bool(dependencies),
         secrets=secrets,
         **fields,
     )
-    job.save(force_insert=True)
+    with transaction.atomic():
+        job.save(force_insert=True)
+        job.depends_on.set(dependencies)
     return job
 
 
@@ -317,7 +350,8 @@ def duplicate_job(job: ContainerJob, created_by=None) -> ContainerJob:
 
 def delete_job(job: ContainerJob) -> None:
     """Delete a job, with its attempts, unless a worker holds it (ValidationError: cancel it
-    first). Raises ContainerJob.DoesNotExist for a job deleted meanwhile."""
+    first) or jobs wait for it (ValidationError: they would never learn how it ended).
+    Raises ContainerJob.DoesNotExist for a job deleted meanwhile."""
     with transaction.atomic():
         # Locked: a worker cannot claim it between the look and the delete.
         status = (
@@ -330,6 +364,11 @@ def delete_job(job: ContainerJob) -> None:
             raise ContainerJob.DoesNotExist(f"job {job.pk} no longer exists")
         if status in ACTIVE:
             raise ValidationError({"status": f"it is {status}: cancel it first"})
+        waiting = job.dependents.filter(status=JobStatus.PENDING)
+        if waiting_ids := [str(pk) for pk in waiting.values_list("pk", flat=True)[:5]]:
+            raise ValidationError(
+                {"status": f"jobs wait for it ({', '.join(waiting_ids)}): cancel them first"}
+            )
         ContainerJob.objects.filter(pk=job.pk).delete()
 
 
@@ -343,6 +382,14 @@ def release_job(job: ContainerJob) -> ContainerJob:
     if job.status != JobStatus.PENDING:
         raise ValidationError(
             {"status": f"only held (pending) jobs can be released; this one is {job.status}"}
+        )
+    if unfinished := list(job.depends_on.exclude(status=JobStatus.COMPLETED)[:5]):
+        waits_for = ", ".join(f"{other.pk} ({other.status})" for other in unfinished)
+        raise ValidationError(
+            {
+                "status": f"it waits for jobs it depends on ({waits_for}): workers queue it "
+                "once they have all completed"
+            }
         )
     now = timezone.now()
     # The row's own scheduled_for decides, in the same UPDATE: a time set meanwhile (the

@@ -535,6 +535,14 @@ class ContainerJob(fields.CheckedModel):
     scheduled_for = models.DateTimeField(
         default=timezone.now, help_text="Not started before this time."
     )
+    depends_on = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        related_name="dependents",
+        blank=True,
+        help_text="Jobs that must complete first: this one waits (pending) until they all "
+        "have, and fails unrun if one of them fails, times out or is cancelled.",
+    )
     max_attempts = fields.PositiveIntegerField(
         default=default_max_attempts, validators=[MinValueValidator(1), MaxValueValidator(100)]
     )

@@ -108,6 +108,14 @@ def why_waiting(job: ContainerJob) -> list[str]:
     """
     now = timezone.now()
     if job.status == JobStatus.PENDING:
+        if unfinished := list(job.depends_on.exclude(status=JobStatus.COMPLETED)[:10]):
+            waits_for = ", ".join(f"{other.pk} ({other.status})" for other in unfinished)
+            return [
+                f"It waits for the jobs it depends on: {waits_for}. Workers queue it once "
+                "they have all completed, and fail it if one of them does not."
+            ]
+        if job.depends_on.exists():
+            return ["The jobs it depends on have completed: a worker queues it within a second."]
         return ["It is held: it runs once released (Release)."]
     if job.status == JobStatus.RETRYING:
         due = local_time(job.scheduled_for)

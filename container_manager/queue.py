@@ -23,7 +23,7 @@ from django.utils import timezone
 from .conf import setting
 from .models import ContainerJob, ExecutorHost, JobAttempt, Worker
 from .routing import route
-from .states import ACTIVE, JobStatus
+from .states import ACTIVE, RETRYABLE, JobStatus
 
 if TYPE_CHECKING:
     from .models import HostWithLoad
@@ -135,6 +135,30 @@ def promote_due_retries(batch: int = 500) -> int:
     # A retrying job's output can be megabytes, and nothing here reads it.
     due = due.defer("stdout", "stderr").order_by("scheduled_for")
     return sum(job.transition(JobStatus.QUEUED, queued_at=now) for job in due[:batch])
+
+
+def settle_dependents(batch: int = 500) -> int:
+    """Move the jobs waiting for others whose wait is over: queued once every job they
+    depend on completed, failed unrun once one of them ended otherwise. Returns how many."""
+    waiting = ContainerJob.objects.filter(status=JobStatus.PENDING, depends_on__isnull=False)
+    if not waiting.exists():
+        return 0
+    now = timezone.now()
+    moved = 0
+    failed = waiting.filter(depends_on__status__in=RETRYABLE).distinct()
+    for job in failed.defer("stdout", "stderr")[:batch]:
+        culprit = job.depends_on.filter(status__in=RETRYABLE).order_by("finished_at").first()
+        assert culprit is not None  # the query found one
+        why = (
+            f"not run: job {culprit.pk} ({culprit.name or culprit.image}), which it depends "
+            f"on, ended {culprit.status}"
+        )
+        moved += job.transition(JobStatus.FAILED, last_error=why, finished_at=now)
+    not_completed = [status for status in JobStatus.values if status != JobStatus.COMPLETED]
+    ready = waiting.exclude(depends_on__status__in=not_completed).distinct()
+    for job in ready.defer("stdout", "stderr")[:batch]:
+        moved += job.transition(JobStatus.QUEUED)
+    return moved
 
 
 def _silent_since():

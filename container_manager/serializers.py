@@ -35,7 +35,8 @@ def job_to_dict(job, include_output: bool = False, reveal_secrets: bool = False)
     ``container_manager.reveal_secrets`` who asked.
 
     For many jobs, fetch them with ``select_related("host", "requested_host",
-    "environment_template", "created_by")`` and ``prefetch_related("attempt_set__host")``.
+    "environment_template", "created_by")`` and ``prefetch_related("attempt_set__host",
+    "depends_on")``.
     """
     duration = job.duration
     data = {
@@ -74,6 +75,7 @@ def job_to_dict(job, include_output: bool = False, reveal_secrets: bool = False)
         "started_at": _time(job.started_at),
         "finished_at": _time(job.finished_at),
         "duration_seconds": duration.total_seconds() if duration is not None else None,
+        "depends_on": [str(other.pk) for other in job.depends_on.all()],
         "attempt_history": [attempt_to_dict(attempt) for attempt in job.attempt_set.all()],
     }
     if include_output:

@@ -34,7 +34,8 @@ RETRYABLE = TERMINAL - {S.COMPLETED}
 WAITING = frozenset({S.PENDING, S.QUEUED, S.RETRYING})
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    S.PENDING: frozenset({S.QUEUED, S.CANCELLED}),
+    # Failed unrun: a job it depends on failed, timed out or was cancelled.
+    S.PENDING: frozenset({S.QUEUED, S.CANCELLED, S.FAILED}),
     S.QUEUED: frozenset({S.LAUNCHING, S.CANCELLED}),
     # Back to queued: the worker let go before anything was started (shutdown, lost claim).
     S.LAUNCHING: frozenset({S.RUNNING, S.FAILED, S.CANCELLED, S.QUEUED}),

@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 SWEEP_INTERVAL = 60.0
 # Seconds between looks for hosts due for a health check.
 CHECK_LOOK_INTERVAL = 0.5
-# Seconds between promotions of jobs whose retry delay has passed (a retry starts at most
-# this late); not every loop turn, which under load is every job.
+# Seconds between promotions of jobs whose retry delay has passed, and of jobs whose
+# dependencies ended (each starts at most this late); not every loop turn, which under load
+# is every job.
 PROMOTE_INTERVAL = 1.0
 # Once running jobs are released (a second SIGTERM), how long their threads get to notice
 # before the worker signs off without them.
@@ -154,6 +155,7 @@ class Worker:
                     next_heartbeat = time.monotonic() + setting("HEARTBEAT_INTERVAL")
                 if time.monotonic() >= next_promotion:
                     queue.promote_due_retries()
+                    queue.settle_dependents()
                     next_promotion = time.monotonic() + PROMOTE_INTERVAL
                 if time.monotonic() >= next_sweep:
                     self._sweep()
@@ -183,7 +185,8 @@ class Worker:
         return list(queue.active_hosts(self.host_names).values_list("pk", flat=True))
 
     def _has_work(self) -> bool:
-        return queue.has_pending_work(self.host_ids)
+        # A job that waited for others may have just become ready.
+        return queue.settle_dependents() > 0 or queue.has_pending_work(self.host_ids)
 
     def _take_work(self) -> int:
         """Adopt orphaned jobs first (they are already running), then claim new ones."""

@@ -202,6 +202,7 @@ def test_create_without_host_lets_routing_choose(transactional_db, mock_host):
         (["--memory", "lots"], "--memory"),
         (["--cpus", "two"], "--cpus"),
         (["--timeout", "1.5"], "--timeout"),
+        (["--depends-on", "not-a-job"], "depends_on: 'not-a-job' is not a job id"),
     ],
 )
 def test_create_rejects_bad_input_naming_the_field(mock_host, extra, expected):
@@ -210,6 +211,16 @@ def test_create_rejects_bad_input_naming_the_field(mock_host, extra, expected):
     assert expected in str(caught.value)
     assert "supersecret" not in str(caught.value)
     assert ContainerJob.objects.count() == 0
+
+
+def test_create_with_dependencies_waits_for_them(mock_host):
+    first = api.create_job("alpine:3.20", ["true"], host=mock_host)
+    second = api.create_job("alpine:3.20", ["true"], host=mock_host)
+    data = json.loads(
+        create("--depends-on", str(first.pk), "--depends-on", str(second.pk), "--json", "--", "x")
+    )
+    assert data["status"] == "pending"
+    assert sorted(data["depends_on"]) == sorted([str(first.pk), str(second.pk)])
 
 
 def test_create_on_an_inactive_host_is_refused(mock_host):

@@ -239,6 +239,13 @@ class Command(BaseCommand):
         create.add_argument(
             "--hold", action="store_true", help="Create it pending: it is not run until queued."
         )
+        create.add_argument(
+            "--depends-on",
+            action="append",
+            default=[],
+            metavar="JOB_ID",
+            help="A job that must complete first (repeatable); if it fails, this one fails unrun.",
+        )
         confinement = create.add_argument_group(
             "confinement", "Beyond the safe defaults; each must be allowed by the container policy."
         )
@@ -487,6 +494,7 @@ class Command(BaseCommand):
             secrets=parse_env(options["secret"], "secrets"),
             env_template=options["env_template"],
             hold=options["hold"],
+            depends_on=options["depends_on"] or None,
             **fields,
         )
         if options["as_json"]:
@@ -503,7 +511,7 @@ class Command(BaseCommand):
             jobs = jobs.filter(host=self.get_host(options["host"]))
         if options["as_json"]:
             jobs = jobs.select_related("environment_template", "created_by").prefetch_related(
-                "attempt_set__host"
+                "attempt_set__host", "depends_on"
             )
             self.write_json([job_to_dict(job) for job in jobs[: options["limit"]]])
             return
