@@ -12,6 +12,7 @@ from typing import Any
 
 from django.db import connections
 
+from .conf import setting
 from .states import TERMINAL
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,9 @@ class Listener(threading.Thread):
 
     @staticmethod
     def available(alias: str = "default") -> bool:
-        return connections[alias].vendor == "postgresql"
+        """Whether notifications may be listened for: PostgreSQL, with ``LISTEN_NOTIFY`` on
+        (off behind a transaction-pooling proxy, where a LISTEN hears nothing)."""
+        return bool(setting("LISTEN_NOTIFY")) and connections[alias].vendor == "postgresql"
 
     def run(self) -> None:
         while not self.stopped.is_set():

@@ -94,8 +94,7 @@ class Worker:
             self.poll_interval,
             f", hosts {', '.join(self.host_names)}" if self.host_names else "",
         )
-        listen = setting("LISTEN_NOTIFY") and Listener.available()
-        listener = Listener(self.wake, queued=self.queued) if listen else None
+        listener = Listener(self.wake, queued=self.queued) if Listener.available() else None
         if listener:
             listener.start()
         try:

@@ -108,3 +108,14 @@ def test_a_caller_waiting_on_a_job_is_woken_by_its_ending(worker_processes, monk
     started = time.monotonic()
     assert wait_for_job(job, timeout=30, interval=60).status == "completed"
     assert time.monotonic() - started < 15, worker_processes.logs()
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_with_listen_notify_off_a_waiting_caller_polls(settings):
+    """Behind a transaction-pooling proxy a LISTEN hears nothing: callers poll instead."""
+    settings.CONTAINER_MANAGER = {"LISTEN_NOTIFY": False}
+    assert not notify.Listener.available()
+    with notify.job_endings("a-job", poll=0.01) as pause:
+        started = time.monotonic()
+        pause(5)  # listening, this would wait ENDED_RECHECK_SECONDS for a notification
+    assert time.monotonic() - started < 0.5
