@@ -7,7 +7,6 @@ The CLI and the admin are thin layers over these functions.
 import copy
 import math
 import time
-import uuid
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -17,7 +16,7 @@ from django.utils import timezone
 from . import envfile, limits, notify
 from . import secrets as sealing
 from .fields import NUL_MESSAGE, short_repr
-from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
+from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost, as_job_id
 from .routing import check_routable
 from .states import ACTIVE, RETRYABLE, JobStatus
 
@@ -48,10 +47,9 @@ def _dependencies(values) -> list[ContainerJob]:
         )
     ids = []
     for value in values:
-        try:
-            ids.append(value.pk if isinstance(value, ContainerJob) else uuid.UUID(str(value)))
-        except ValueError:
-            raise ValidationError({"depends_on": f"{short_repr(value)} is not a job id"}) from None
+        if (job_id := as_job_id(value)) is None:
+            raise ValidationError({"depends_on": f"{short_repr(value)} is not a job id"})
+        ids.append(job_id)
     found = ContainerJob.objects.in_bulk(ids)
     if missing := [str(pk) for pk in ids if pk not in found]:
         raise ValidationError({"depends_on": f"no job with id {', '.join(missing)}"})
@@ -383,8 +381,7 @@ def release_job(job: ContainerJob) -> ContainerJob:
         raise ValidationError(
             {"status": f"only held (pending) jobs can be released; this one is {job.status}"}
         )
-    if unfinished := list(job.depends_on.exclude(status=JobStatus.COMPLETED)[:5]):
-        waits_for = ", ".join(f"{other.pk} ({other.status})" for other in unfinished)
+    if waits_for := job.waits_for(most=5):
         raise ValidationError(
             {
                 "status": f"it waits for jobs it depends on ({waits_for}): workers queue it "

@@ -27,7 +27,7 @@ from . import api, envfile, signals
 from . import secrets as sealing
 from .exceptions import SecretError
 from .fields import short_repr
-from .models import ContainerJob, ExecutorHost
+from .models import ContainerJob, ExecutorHost, as_job_id
 from .serializers import validation_error_lines
 from .states import InvalidTransition, JobStatus, check_transition
 
@@ -369,7 +369,7 @@ def _walk(jobs: Jobs, batch_size: int) -> Iterator[ContainerJob | Failure]:
         return
     seen: set[uuid.UUID] = set()
     for chunk in _chunks(jobs, batch_size):
-        ids = {item: _as_uuid(item) for item in chunk if not isinstance(item, ContainerJob)}
+        ids = {item: as_job_id(item) for item in chunk if not isinstance(item, ContainerJob)}
         found = ContainerJob.objects.select_related("host").in_bulk(
             [pk for pk in ids.values() if pk is not None]
         )
@@ -381,13 +381,6 @@ def _walk(jobs: Jobs, batch_size: int) -> Iterator[ContainerJob | Failure]:
             elif job.pk not in seen:  # the same job given twice is done once
                 seen.add(job.pk)
                 yield job
-
-
-def _as_uuid(item) -> uuid.UUID | None:
-    try:
-        return item if isinstance(item, uuid.UUID) else uuid.UUID(str(item))
-    except ValueError:
-        return None
 
 
 def _walk_queryset(jobs: QuerySet[ContainerJob], batch_size: int) -> Iterator[ContainerJob]:

@@ -2,7 +2,6 @@
 (attempts, workers). Status moves are checked by the state machine in ``states``.
 """
 
-import contextlib
 import math
 import shlex
 import uuid
@@ -412,6 +411,16 @@ def validate_retry_on(value):
         )
 
 
+def as_job_id(value) -> uuid.UUID | None:
+    """``value`` (a job, a UUID, or its text) as a job id; None when it is not one."""
+    if isinstance(value, ContainerJob):
+        return value.pk
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
 class ContainerJobQuerySet(models.QuerySet):
     def identified_by(self, identifier: str) -> "ContainerJobQuerySet":
         """The job ``identifier`` names: its id, or the execution id of its current or of an
@@ -420,9 +429,14 @@ class ContainerJobQuerySet(models.QuerySet):
         ids.update(
             JobAttempt.objects.filter(execution_id=identifier).values_list("job", flat=True)[:10]
         )
-        with contextlib.suppress(ValueError):  # not an id: only execution ids, then
-            ids.add(uuid.UUID(identifier))
+        if (job_id := as_job_id(identifier)) is not None:  # else only execution ids
+            ids.add(job_id)
         return self.filter(pk__in=ids)
+
+    def without_output(self) -> "ContainerJobQuerySet":
+        """Jobs with their stored stdout and stderr left unloaded (megabytes each, at most),
+        for code that moves jobs along without reading what they printed."""
+        return self.defer("stdout", "stderr")
 
 
 class ContainerJob(fields.CheckedModel):
@@ -766,6 +780,12 @@ class ContainerJob(fields.CheckedModel):
             setattr(self, name, value)
         signals.announce(self, old_status, new_status)
         return True
+
+    def waits_for(self, most: int) -> str:
+        """The jobs this one depends on that have not completed (at most ``most``), as
+        ``<id> (<status>), ...``; empty when there is none."""
+        unfinished = self.depends_on.exclude(status=JobStatus.COMPLETED)[:most]
+        return ", ".join(f"{other.pk} ({other.status})" for other in unfinished)
 
     def refresh_from_db(self, *args, **kwargs):
         super().refresh_from_db(*args, **kwargs)

@@ -108,8 +108,7 @@ def why_waiting(job: ContainerJob) -> list[str]:
     """
     now = timezone.now()
     if job.status == JobStatus.PENDING:
-        if unfinished := list(job.depends_on.exclude(status=JobStatus.COMPLETED)[:10]):
-            waits_for = ", ".join(f"{other.pk} ({other.status})" for other in unfinished)
+        if waits_for := job.waits_for(most=10):
             return [
                 f"It waits for the jobs it depends on: {waits_for}. Workers queue it once "
                 "they have all completed, and fail it if one of them does not."

@@ -132,8 +132,7 @@ def promote_due_retries(batch: int = 500) -> int:
     with its own conditional move, so each is announced once (``signals``)."""
     now = timezone.now()
     due = ContainerJob.objects.filter(status=JobStatus.RETRYING, scheduled_for__lte=now)
-    # A retrying job's output can be megabytes, and nothing here reads it.
-    due = due.defer("stdout", "stderr").order_by("scheduled_for")
+    due = due.without_output().order_by("scheduled_for")
     return sum(job.transition(JobStatus.QUEUED, queued_at=now) for job in due[:batch])
 
 
@@ -146,7 +145,7 @@ def settle_dependents(batch: int = 500) -> int:
     now = timezone.now()
     moved = 0
     failed = waiting.filter(depends_on__status__in=RETRYABLE).distinct()
-    for job in failed.defer("stdout", "stderr")[:batch]:
+    for job in failed.without_output()[:batch]:
         culprit = job.depends_on.filter(status__in=RETRYABLE).order_by("finished_at").first()
         assert culprit is not None  # the query found one
         why = (
@@ -156,7 +155,7 @@ def settle_dependents(batch: int = 500) -> int:
         moved += job.transition(JobStatus.FAILED, last_error=why, finished_at=now)
     not_completed = [status for status in JobStatus.values if status != JobStatus.COMPLETED]
     ready = waiting.exclude(depends_on__status__in=not_completed).distinct()
-    for job in ready.defer("stdout", "stderr")[:batch]:
+    for job in ready.without_output()[:batch]:
         moved += job.transition(JobStatus.QUEUED)
     return moved
 
