@@ -147,18 +147,32 @@ def test_memory_and_cpu_limits_are_set_on_the_container(docker_host, docker_engi
 FILL_48_MB = ["dd", "if=/dev/zero", "of=/dev/shm/fill", "bs=1M", "count=48"]
 
 
+def run_until_the_engine_sees_the_oom_kill(host, command, attempts=6):
+    """Run ``command`` under an 8 MB limit until the engine flags the OOM kill.
+
+    On a loaded machine, containerd 1.6 on cgroup v1 sometimes never delivers the OOM
+    event (measured here: about 1 run in 6 with both cores busy; upstream containerd
+    #8180), and then nothing the engine says tells an OOM kill from any other SIGKILL.
+    What we report in that case has its own test below (the "most likely" explanation);
+    these tests are about what we say when the engine does know.
+    """
+    for _ in range(attempts):
+        _, outcome = run(host, command, memory_limit=8)
+        if outcome.oom_killed:
+            return outcome
+    pytest.fail(f"the engine missed the OOM kill in {attempts} runs in a row")
+
+
 def test_oom_kill_is_detected_and_explained(docker_host):
-    _, outcome = run(docker_host, FILL_48_MB, memory_limit=8)
-    assert outcome.oom_killed
+    outcome = run_until_the_engine_sees_the_oom_kill(docker_host, FILL_48_MB)
     assert outcome.exit_code == 137
     assert outcome.error == "container was killed for running out of memory (limit 8 MB)"
 
 
 def test_oom_kill_of_a_child_process_is_reported_even_when_the_container_succeeds(docker_host):
-    _, outcome = run(
-        docker_host, ["sh", "-c", f"{' '.join(FILL_48_MB)}; echo went on"], memory_limit=8
+    outcome = run_until_the_engine_sees_the_oom_kill(
+        docker_host, ["sh", "-c", f"{' '.join(FILL_48_MB)}; echo went on"]
     )
-    assert outcome.oom_killed
     assert outcome.exit_code == 0
     assert outcome.stdout == "went on\n"
     assert outcome.error == (
