@@ -102,6 +102,7 @@ SPEC_FIELDS = (
     "priority",
     "max_attempts",
     "retry_on",
+    "webhook_url",
 )
 
 

@@ -5,9 +5,12 @@
 import math
 import shlex
 import uuid
+import zoneinfo
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
+from urllib.parse import urlsplit
 
+from cronsim import CronSim, CronSimError
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -266,6 +269,15 @@ if TYPE_CHECKING:
     HostWithLoad = WithAnnotations[ExecutorHost, HostLoad]
 
 
+def validate_webhook_url(value):
+    """Only http(s) URLs with a host: a webhook must not reach files or other schemes."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(
+            f"must be an http:// or https:// URL with a host, not {fields.short_repr(value)}"
+        )
+
+
 class EnvironmentVariableTemplate(fields.CheckedModel):
     """A reusable set of environment variables; jobs add their own overrides on top."""
 
@@ -275,6 +287,12 @@ class EnvironmentVariableTemplate(fields.CheckedModel):
         blank=True,
         help_text="One KEY=value per line; blank lines and # comments are ignored; "
         "values may contain '='.",
+    )
+    webhook_url = models.URLField(
+        max_length=2000,
+        blank=True,
+        validators=[validate_webhook_url],
+        help_text="POSTed to when a job using this template ends, unless the job names its own.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -557,6 +575,23 @@ class ContainerJob(fields.CheckedModel):
         help_text="Jobs that must complete first: this one waits (pending) until they all "
         "have, and fails unrun if one of them fails, times out or is cancelled.",
     )
+    webhook_url = models.URLField(
+        max_length=2000,
+        blank=True,
+        validators=[validate_webhook_url],
+        help_text="POSTed to (signed) when the job ends; see the README, Webhooks.",
+    )
+    # Where the job came from, when a schedule or an array made it.
+    schedule = models.ForeignKey(
+        "Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    scheduled_run_at = models.DateTimeField(
+        null=True, blank=True, help_text="The due time of its schedule this job runs for."
+    )
+    array = models.ForeignKey(
+        "JobArray", null=True, blank=True, on_delete=models.CASCADE, related_name="members"
+    )
+    array_index = models.PositiveIntegerField(null=True, blank=True)
     max_attempts = fields.PositiveIntegerField(
         default=default_max_attempts, validators=[MinValueValidator(1), MaxValueValidator(100)]
     )
@@ -620,6 +655,19 @@ class ContainerJob(fields.CheckedModel):
                 fields=["-finished_at"],
                 condition=models.Q(status__in=["failed", "timed_out"]),
                 name="cm_job_failures_idx",
+            ),
+        ]
+        constraints = [
+            # Exactly one job per due time of a schedule, however many workers fire it.
+            models.UniqueConstraint(
+                fields=["schedule", "scheduled_run_at"],
+                condition=models.Q(schedule__isnull=False),
+                name="cm_job_one_run_per_due_time",
+            ),
+            models.UniqueConstraint(
+                fields=["array", "array_index"],
+                condition=models.Q(array__isnull=False),
+                name="cm_job_one_member_per_index",
             ),
         ]
 
@@ -833,14 +881,177 @@ class JobAttempt(models.Model):
         return job.execution_id if running else ""
 
 
+def validate_time_zone(value):
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(
+            f"{fields.short_repr(value)} is not a time zone name (e.g. Europe/Berlin, UTC)"
+        ) from None
+
+
+def validate_cron(value):
+    try:
+        CronSim(value, timezone.now())
+    except CronSimError as error:
+        raise ValidationError(
+            f"{fields.short_repr(value)} is not a cron expression: {error} "
+            "(five fields: minute hour day-of-month month day-of-week, e.g. */15 * * * *)"
+        ) from None
+
+
+class Schedule(fields.CheckedModel):
+    """Jobs made from one spec on a cron expression (in a time zone) or at an interval.
+
+    Each due time makes exactly one job (``ContainerJob.scheduled_run_at``, unique per
+    schedule); see ``container_manager.scheduling`` for how due times are fired.
+    """
+
+    class MissedRuns(models.TextChoices):
+        RUN_ONCE = "run_once", "Run once for all the missed times"
+        SKIP = "skip", "Skip them; wait for the next due time"
+
+    class Concurrency(models.TextChoices):
+        ALLOW = "allow", "Allow runs to overlap"
+        FORBID = "forbid", "Skip a due time while the previous run is unfinished"
+        REPLACE = "replace", "Cancel the unfinished run and start the new one"
+
+    name = models.CharField(max_length=100, unique=True)
+    cron = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_cron],
+        help_text="Five fields: minute hour day-of-month month day-of-week, e.g. 0 3 * * *.",
+    )
+    interval_seconds = fields.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Instead of a cron expression: every this many seconds.",
+    )
+    time_zone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_time_zone],
+        help_text="The time zone the cron expression is read in (daylight saving included).",
+    )
+    job_spec = fields.BoundedJSONField(
+        help_text="What each run is: create_job's arguments, e.g. "
+        '{"image": "alpine:3.20", "command": ["echo", "hi"], "host": "docker-local"}.',
+    )
+    missed_runs = models.CharField(max_length=20, choices=MissedRuns, default=MissedRuns.RUN_ONCE)
+    starting_deadline_seconds = fields.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="A due time this many seconds past is missed (empty: never too late).",
+    )
+    concurrency = models.CharField(max_length=20, choices=Concurrency, default=Concurrency.ALLOW)
+    successful_runs_to_keep = fields.PositiveIntegerField(
+        default=3, help_text="Completed runs kept; older ones are deleted."
+    )
+    failed_runs_to_keep = fields.PositiveIntegerField(
+        default=1, help_text="Failed, timed-out or cancelled runs kept; older ones are deleted."
+    )
+    paused = models.BooleanField(default=False)
+    next_run_at = models.DateTimeField(
+        null=True, blank=True, help_text="The next due time (set from the cron or interval)."
+    )
+    last_run_at = models.DateTimeField(
+        null=True, blank=True, help_text="The due time of the last run it made."
+    )
+    last_skip_reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [
+            # Workers look for due schedules every second.
+            models.Index(
+                fields=["next_run_at"], condition=models.Q(paused=False), name="cm_schedule_due_idx"
+            )
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class JobArray(models.Model):
+    """N jobs of one spec, told apart by ``JOB_ARRAY_INDEX`` (0 to N-1) in their environment."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200, blank=True)
+    size = models.PositiveIntegerField()
+    parallelism = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many members run at once (empty: no limit)."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "job array"
+
+    def __str__(self):
+        return self.name or f"array {self.pk}"
+
+
+class WebhookDelivery(models.Model):
+    """A POST owed to a URL about a job that ended: written with the ending, in the same
+    transaction, and delivered at least once by a worker (``container_manager.webhooks``)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed (gave up)"
+
+    id = models.BigAutoField(primary_key=True)
+    job = models.ForeignKey(
+        ContainerJob, on_delete=models.CASCADE, related_name="webhook_deliveries"
+    )
+    url = models.URLField(max_length=2000)
+    job_status = models.CharField(max_length=20, choices=JobStatus)
+    body = models.TextField(help_text="The JSON sent, as it was when the job ended.")
+    status = models.CharField(max_length=20, choices=Status, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    history = fields.BoundedJSONField(
+        default=list, blank=True, help_text="Each try: when, how long, and the answer or error."
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "id"]
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=models.Q(status="pending"),
+                name="cm_webhook_due_idx",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.url} for job {self.job_id} ({self.status})"
+
+
 __all__ = [
     "RegistryCredential",
     "ContainerJob",
     "EnvironmentVariableTemplate",
     "ExecutorHost",
     "InvalidTransition",
+    "JobArray",
     "JobAttempt",
     "JobStatus",
+    "Schedule",
+    "WebhookDelivery",
     "Worker",
 ]
 
