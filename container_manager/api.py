@@ -122,8 +122,14 @@ def _validate(job: ContainerJob, references_checked: bool = False) -> None:
     """Every field of ``job``, and whether a host could ever take it; ValidationError names
     each bad field, the requested host as ``host`` (the argument's name in the API)."""
     try:
-        # No unique check: ids are fresh uuids, and it would cost a query per job.
-        job.full_clean(validate_unique=False, exclude=REFERENCES if references_checked else None)
+        # No unique or constraint checks: ids are fresh uuids, a schedule's due time and an
+        # array's index are set by code the database holds to them, and each check would
+        # cost a query per job.
+        job.full_clean(
+            validate_unique=False,
+            validate_constraints=False,
+            exclude=REFERENCES if references_checked else None,
+        )
         if not references_checked:
             check_routable(job)
     except ValidationError as error:

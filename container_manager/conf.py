@@ -100,6 +100,9 @@ DEFAULTS = {
     # Fernet keys that encrypt secret values at rest: the first encrypts, all decrypt (add a
     # new key first to rotate). Empty: one key derived from Django's SECRET_KEY.
     "ENCRYPTION_KEYS": [],
+    # What time it is for schedules: a dotted path to a function returning an aware datetime.
+    # Only tests and simulations change it (a clock they can move).
+    "CLOCK": "django.utils.timezone.now",
     # Extra executor types: {"type_name": "dotted.path.to.ExecutorClass"}.
     "EXECUTORS": {},
 }

@@ -22,7 +22,7 @@ import time
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
-from . import janitor, queue
+from . import janitor, queue, scheduling
 from .conf import setting
 from .db import TRANSIENT_ERRORS, drop_if_broken
 from .models import ContainerJob, ExecutorHost
@@ -39,7 +39,7 @@ SWEEP_INTERVAL = 60.0
 CHECK_LOOK_INTERVAL = 0.5
 # Seconds between promotions of jobs whose retry delay has passed, and of jobs whose
 # dependencies ended (each starts at most this late); not every loop turn, which under load
-# is every job.
+# is every job. Due schedules are fired as often, or every poll interval if that is shorter.
 PROMOTE_INTERVAL = 1.0
 # Once running jobs are released (a second SIGTERM), how long their threads get to notice
 # before the worker signs off without them.
@@ -134,7 +134,7 @@ class Worker:
     # -- the loop --------------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_heartbeat = next_sweep = next_check = next_promotion = 0.0
+        next_heartbeat = next_sweep = next_check = next_promotion = next_firing = 0.0
         while True:
             self._reap()
             if self.stopping.is_set():
@@ -156,6 +156,9 @@ class Worker:
                     queue.promote_due_retries()
                     queue.settle_dependents()
                     next_promotion = time.monotonic() + PROMOTE_INTERVAL
+                if time.monotonic() >= next_firing and not self.stopping.is_set():
+                    scheduling.fire_due_schedules()
+                    next_firing = time.monotonic() + min(PROMOTE_INTERVAL, self.poll_interval)
                 if time.monotonic() >= next_sweep:
                     self._sweep()
                     next_sweep = time.monotonic() + SWEEP_INTERVAL
