@@ -7,9 +7,7 @@ masked (``••••••``), unless the caller asks for them revealed for a 
 
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 
-
-def _time(value):
-    return value.isoformat() if value else None
+from .units import iso_time as _time
 
 
 def attempt_to_dict(attempt) -> dict:

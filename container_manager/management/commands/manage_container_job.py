@@ -57,6 +57,7 @@ CREATE_FIELDS = {
     "max_attempts": "max_attempts",
     "run_as": "run_as_user",
     "executor_type": "executor_type",
+    "webhook_url": "webhook_url",
 }
 # Switches that loosen the container's confinement (each must be allowed by the policy).
 CONFINEMENT_SWITCHES = ("read_only_root", "privileged", "host_network", "host_pid")
@@ -236,6 +237,9 @@ class Command(BaseCommand):
         create.add_argument("--timeout", type=int, metavar="S", help="Timeout in seconds.")
         create.add_argument("--priority", type=int, metavar="P", help="Higher runs first.")
         create.add_argument("--max-attempts", type=int, metavar="N", help="Tries before giving up.")
+        create.add_argument(
+            "--webhook-url", metavar="URL", help="POSTed to, signed, when the job ends."
+        )
         create.add_argument(
             "--hold", action="store_true", help="Create it pending: it is not run until queued."
         )
