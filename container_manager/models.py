@@ -1087,6 +1087,15 @@ class WebhookDelivery(models.Model):
     def __str__(self):
         return f"{self.url} for job {self.job_id} ({self.status})"
 
+    @property
+    def last_answer(self) -> str:
+        """How the latest try went, for people: ``HTTP 503``, an error, or both ("": none yet)."""
+        if not self.history:
+            return ""
+        last = self.history[-1]
+        said = [f"HTTP {last['status_code']}"] if "status_code" in last else []
+        return ": ".join([*said, *([last["error"]] if last.get("error") else [])])
+
 
 __all__ = [
     "RegistryCredential",

@@ -456,3 +456,98 @@ def wait_until(predicate, timeout):
             return True
         time.sleep(0.1)
     return predicate()
+
+
+# -- where people see them ----------------------------------------------------------------
+
+
+@pytest.fixture
+def delivered_job(webhook_settings):
+    receiver = Receiver(script=[503])
+    try:
+        job = create_job("img", host=make_host(), name="hooked", webhook_url=receiver.url + "/h")
+        run_worker()
+        deliver_all()
+    finally:
+        receiver.close()
+    return job
+
+
+def test_the_jobs_admin_page_shows_its_deliveries(admin_client, delivered_job):
+    from django.urls import reverse
+
+    page = admin_client.get(
+        reverse("admin:container_manager_containerjob_change", args=[delivered_job.pk])
+    )
+    assert page.status_code == 200
+    delivery = delivered_job.webhook_deliveries.get()
+    text = page.text
+    assert "Webhook deliveries" in text and f"{delivery.url}" in text
+    assert "HTTP 503" in text and "receiver says no" in text and "Delivered" in text
+
+
+def test_the_deliveries_admin_lists_filters_shows_and_delivers_again(admin_client, delivered_job):
+    from django.urls import reverse
+
+    delivery = delivered_job.webhook_deliveries.get()
+    changelist = reverse("admin:container_manager_webhookdelivery_changelist")
+    page = admin_client.get(changelist, {"status__exact": "delivered"})
+    assert page.status_code == 200 and "HTTP 200" in page.text and "hooked" in page.text
+    assert "hooked" not in admin_client.get(changelist, {"status__exact": "failed"}).text
+    change = reverse("admin:container_manager_webhookdelivery_change", args=[delivery.pk])
+    page = admin_client.get(change)
+    assert page.status_code == 200 and "job.finished" in page.text
+    assert (
+        admin_client.get(reverse("admin:container_manager_webhookdelivery_add")).status_code == 403
+    )
+    response = admin_client.post(
+        changelist, {"action": "deliver_again", "_selected_action": [delivery.pk]}
+    )
+    assert response.status_code == 302
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("pending", 0)
+    assert len(delivery.history) == 2  # kept: a new round of tries adds to it
+
+
+def test_show_prints_the_deliveries(delivered_job):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("manage_container_job", "show", str(delivered_job.pk), stdout=out)
+    text = out.getvalue()
+    assert "Webhook deliveries:" in text and "delivered" in text and "HTTP 200" in text
+    out = StringIO()
+    call_command("manage_container_job", "show", str(delivered_job.pk), "--json", stdout=out)
+    data = json.loads(out.getvalue())
+    (delivery,) = data["webhook_deliveries"]
+    assert (delivery["status"], delivery["attempts"], delivery["last_answer"]) == (
+        "delivered",
+        2,
+        "HTTP 200",
+    )
+    assert [entry["status_code"] for entry in delivery["history"]] == [503, 200]
+    assert data["webhook_url"].endswith("/h")
+    assert SECRET not in out.getvalue()
+
+
+def test_create_takes_a_webhook_url(webhook_settings, mock_host):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command(
+        "manage_container_job",
+        "create",
+        "--host",
+        "mock",
+        "--image",
+        "img",
+        "--webhook-url",
+        "https://example.com/hook",
+        "--json",
+        stdout=out,
+    )
+    assert json.loads(out.getvalue())["webhook_url"] == "https://example.com/hook"

@@ -515,7 +515,7 @@ class Command(BaseCommand):
             jobs = jobs.filter(host=self.get_host(options["host"]))
         if options["as_json"]:
             jobs = jobs.select_related("environment_template", "created_by").prefetch_related(
-                "attempt_set__host", "depends_on"
+                "attempt_set__host", "depends_on", "webhook_deliveries"
             )
             self.write_json([job_to_dict(job) for job in jobs[: options["limit"]]])
             return
@@ -565,6 +565,30 @@ class Command(BaseCommand):
         ]
         if rows:
             headers = ["#", "STATUS", "HOST", "EXECUTION ID", "EXIT", "STARTED", "ERROR"]
+            for line in table(headers, rows):
+                self.stdout.write(f"  {line}")
+        self.show_deliveries(job)
+
+    def show_deliveries(self, job):
+        """The job's webhook deliveries, if it has a webhook or had one."""
+        deliveries = list(job.webhook_deliveries.all())
+        if not deliveries and not job.webhook_target:
+            return
+        self.stdout.write("Webhook deliveries:" + ("" if deliveries else " none yet"))
+        rows = [
+            [
+                str(delivery.pk),
+                delivery.job_status,
+                delivery.status,
+                str(delivery.attempts),
+                when(delivery.delivered_at),
+                clip(delivery.last_answer, 60) or "-",
+                clip(delivery.url, 60),
+            ]
+            for delivery in deliveries
+        ]
+        if rows:
+            headers = ["ID", "ENDING", "STATUS", "TRIES", "DELIVERED", "LAST ANSWER", "URL"]
             for line in table(headers, rows):
                 self.stdout.write(f"  {line}")
 
