@@ -105,6 +105,18 @@ DEFAULTS = {
     "CLOCK": "django.utils.timezone.now",
     # Extra executor types: {"type_name": "dotted.path.to.ExecutorClass"}.
     "EXECUTORS": {},
+    # Webhooks (see README, Webhooks). The key that signs every delivery (HMAC-SHA256); a
+    # job or template naming a webhook URL is refused while it is empty.
+    "WEBHOOK_SECRET": "",
+    # Seconds one try of a delivery may take, connecting, sending and reading the answer.
+    "WEBHOOK_TIMEOUT_SECONDS": 10.0,
+    # Tries before a delivery is given up (marked failed); a try is due after
+    # min(MAX, BASE * 2 ** (tries - 1)) seconds, of which up to half is taken off at random.
+    "WEBHOOK_MAX_ATTEMPTS": 8,
+    "WEBHOOK_BACKOFF_BASE": 10.0,
+    "WEBHOOK_BACKOFF_MAX": 3600.0,
+    # Deliveries one worker makes at once: a slow receiver holds one of them, never the rest.
+    "WEBHOOK_CONCURRENCY": 4,
 }
 
 

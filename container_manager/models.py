@@ -6,6 +6,7 @@ import math
 import shlex
 import uuid
 import zoneinfo
+from contextlib import nullcontext
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import urlsplit
@@ -14,17 +15,18 @@ from cronsim import CronSim, CronSimError
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import envfile, fields, limits, policy, secrets, signals
+from . import envfile, fields, limits, policy, secrets, signals, webhook_body
 from .conf import setting
 from .exceptions import ExecutorError
 from .executors import Health, executor_for, get_executor_class, validate_executor_type
 from .output import storable
 from .spec import HostSpec, RegistryAuth
 from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transition
+from .units import backoff
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -35,8 +37,7 @@ def recheck_delay(failures: int) -> float:
     and after ``failures`` failed checks in a row a pause growing from HEALTH_RECHECK_BASE."""
     if not failures:
         return setting("HEALTH_CHECK_INTERVAL")
-    base, most = setting("HEALTH_RECHECK_BASE"), setting("HEALTH_RECHECK_MAX")
-    return min(most, base * 2 ** (failures - 1))
+    return backoff(failures, setting("HEALTH_RECHECK_BASE"), setting("HEALTH_RECHECK_MAX"))
 
 
 class HostLoad(TypedDict):
@@ -270,11 +271,17 @@ if TYPE_CHECKING:
 
 
 def validate_webhook_url(value):
-    """Only http(s) URLs with a host: a webhook must not reach files or other schemes."""
+    """Only http(s) URLs with a host: a webhook must not reach files or other schemes. And
+    only once deliveries can be signed: a receiver must be able to tell them from forgeries."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError(
             f"must be an http:// or https:// URL with a host, not {fields.short_repr(value)}"
+        )
+    if not setting("WEBHOOK_SECRET"):
+        raise ValidationError(
+            "cannot be used: the WEBHOOK_SECRET setting, which signs each delivery, is not set "
+            "(see the README, Webhooks)"
         )
 
 
@@ -799,23 +806,41 @@ class ContainerJob(fields.CheckedModel):
         if update_fields is None or "environment_overrides" in update_fields:
             # Secret values are stored sealed; see container_manager.secrets.
             self.environment_overrides = secrets.seal_environment(self.environment_overrides)
-        super().save(*args, **kwargs)
+        url = self._webhook_owed(self.status) if known and old != self.status else ""
+        with transaction.atomic(savepoint=False) if url else nullcontext():
+            super().save(*args, **kwargs)
+            if url:
+                self._write_webhook_delivery(url)
         if known and old != self.status:
             signals.announce(self, old, self.status)
         self._loaded_status = self.status
 
-    def transition(self, new_status: str, **fields) -> bool:
+    def transition(self, new_status: str, *, will_retry: bool = False, **fields) -> bool:
         """Move to ``new_status`` and write ``fields`` in one conditional UPDATE.
 
         The update only applies if the row still has the status this instance last saw, so
         two processes can never both make a move from the same state. Returns False when
         another process changed the job first (this instance is then refreshed).
+
+        A move that ends the job writes its webhook delivery, if it has a webhook, in the
+        same transaction; ``will_retry``: this failure goes on to ``retrying`` in the
+        caller's transaction, so it does not end the job.
         """
         check_transition(self.status, new_status)
         if new_status == JobStatus.QUEUED:
             fields.setdefault("queued_at", timezone.now())
-        # One conditional UPDATE is atomic by itself: no transaction or savepoint around it
-        # (inside a caller's transaction that would be two more round trips per move).
+        url = "" if will_retry else self._webhook_owed(new_status)
+        if not url:
+            # One conditional UPDATE is atomic by itself: no transaction or savepoint around
+            # it (inside a caller's transaction that would be two more round trips per move).
+            return self._move(new_status, fields)
+        with transaction.atomic(savepoint=False):
+            moved = self._move(new_status, fields)
+            if moved:
+                self._write_webhook_delivery(url)
+        return moved
+
+    def _move(self, new_status: str, fields: dict[str, Any]) -> bool:
         updated = ContainerJob.objects.filter(pk=self.pk, status=self.status).update(
             status=new_status, **fields
         )
@@ -828,6 +853,28 @@ class ContainerJob(fields.CheckedModel):
             setattr(self, name, value)
         signals.announce(self, old_status, new_status)
         return True
+
+    # -- webhooks ----------------------------------------------------------------------
+
+    @property
+    def webhook_target(self) -> str:
+        """Where the job's ending is POSTed: its own URL, else its template's ("": nowhere)."""
+        if self.webhook_url or self.environment_template_id is None:
+            return self.webhook_url
+        template = self.environment_template
+        return template.webhook_url if template is not None else ""
+
+    def _webhook_owed(self, new_status: str) -> str:
+        """The URL a move to ``new_status`` owes a delivery to ("" for a move that does not
+        end the job, and for a job without a webhook: its moves cost nothing more)."""
+        return self.webhook_target if new_status in TERMINAL else ""
+
+    def _write_webhook_delivery(self, url: str) -> None:
+        """The outbox row of this ending; the caller's transaction makes it one with it."""
+        WebhookDelivery.objects.create(
+            job=self, url=url, job_status=self.status, body=webhook_body.build(self)
+        )
+        webhook_body.announce_written()
 
     def waits_for(self, most: int) -> str:
         """The jobs this one depends on that have not completed (at most ``most``), as
@@ -1100,6 +1147,15 @@ class WebhookDelivery(models.Model):
 
     def __str__(self):
         return f"{self.url} for job {self.job_id} ({self.status})"
+
+    @property
+    def last_answer(self) -> str:
+        """How the latest try went, for people: ``HTTP 503``, an error, or both ("": none yet)."""
+        if not self.history:
+            return ""
+        last = self.history[-1]
+        said = [f"HTTP {last['status_code']}"] if "status_code" in last else []
+        return ": ".join([*said, *([last["error"]] if last.get("error") else [])])
 
 
 __all__ = [

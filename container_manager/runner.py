@@ -13,7 +13,6 @@ without spending an attempt, and a running execution is followed through the out
 """
 
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from .models import ContainerJob, ExecutorHost, JobAttempt
 from .output import storable
 from .queue import reroute
 from .states import ACTIVE, JobStatus
+from .units import backoff
 
 logger = logging.getLogger(__name__)
 
@@ -408,6 +408,7 @@ def record_outcome(
     with transaction.atomic():
         moved = job.transition(
             status,
+            will_retry=retry_at is not None,
             exit_code=outcome.exit_code,
             stdout=outcome.stdout,
             stderr=outcome.stderr,
@@ -448,11 +449,13 @@ def retry_time(job: ContainerJob, status: str, kind: str):
 
 def backoff_seconds(attempt: int) -> float:
     """Exponential backoff after ``attempt`` failed attempts, with some taken off at random."""
-    delay = min(
+    return backoff(
+        attempt,
+        setting("RETRY_BACKOFF_BASE"),
         setting("RETRY_BACKOFF_MAX"),
-        setting("RETRY_BACKOFF_BASE") * setting("RETRY_BACKOFF_FACTOR") ** (attempt - 1),
+        setting("RETRY_BACKOFF_FACTOR"),
+        setting("RETRY_JITTER"),
     )
-    return delay * (1 - setting("RETRY_JITTER") * random.random())
 
 
 def give_back_claim(job: ContainerJob, why: str) -> None:

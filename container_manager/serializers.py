@@ -7,9 +7,7 @@ masked (``••••••``), unless the caller asks for them revealed for a 
 
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 
-
-def _time(value):
-    return value.isoformat() if value else None
+from .units import iso_time as _time
 
 
 def attempt_to_dict(attempt) -> dict:
@@ -27,6 +25,22 @@ def attempt_to_dict(attempt) -> dict:
     }
 
 
+def delivery_to_dict(delivery) -> dict:
+    """A webhook delivery as JSON-ready data (its body is what was sent, not repeated)."""
+    return {
+        "id": delivery.pk,
+        "url": delivery.url,
+        "job_status": delivery.job_status,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "last_answer": delivery.last_answer,
+        "next_attempt_at": _time(delivery.next_attempt_at),
+        "created_at": _time(delivery.created_at),
+        "delivered_at": _time(delivery.delivered_at),
+        "history": list(delivery.history or []),
+    }
+
+
 def job_to_dict(job, include_output: bool = False, reveal_secrets: bool = False) -> dict:
     """A job as JSON-ready data. ``include_output`` adds the stored stdout and stderr.
 
@@ -36,7 +50,7 @@ def job_to_dict(job, include_output: bool = False, reveal_secrets: bool = False)
 
     For many jobs, fetch them with ``select_related("host", "requested_host",
     "environment_template", "created_by")`` and ``prefetch_related("attempt_set__host",
-    "depends_on")``.
+    "depends_on", "webhook_deliveries")``.
     """
     duration = job.duration
     data = {
@@ -77,6 +91,8 @@ def job_to_dict(job, include_output: bool = False, reveal_secrets: bool = False)
         "duration_seconds": duration.total_seconds() if duration is not None else None,
         "depends_on": [str(other.pk) for other in job.depends_on.all()],
         "attempt_history": [attempt_to_dict(attempt) for attempt in job.attempt_set.all()],
+        "webhook_url": job.webhook_url,
+        "webhook_deliveries": [delivery_to_dict(d) for d in job.webhook_deliveries.all()],
     }
     if include_output:
         data["stdout"] = job.stdout

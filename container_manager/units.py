@@ -1,5 +1,6 @@
 """Sizes, durations and moments in the units people read: one way for the admin and the CLI."""
 
+import random
 from datetime import datetime, timedelta
 
 from django.utils import timezone
@@ -8,6 +9,11 @@ from django.utils import timezone
 def local_time(moment: datetime) -> str:
     """``2026-11-26 20:30:54`` in the current time zone."""
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iso_time(moment: datetime | None) -> str | None:
+    """ISO 8601, as JSON carries moments (None stays None)."""
+    return moment.isoformat() if moment else None
 
 
 def human_seconds(seconds: float) -> str:
@@ -38,3 +44,11 @@ def human_bytes(size: float) -> str:
         if size < 1024 or unit == "TiB":
             break
     return f"{size:.1f} {unit}"
+
+
+def backoff(failures: int, base: float, most: float, factor: float = 2.0, jitter: float = 0.0):
+    """Seconds to wait after ``failures`` failures in a row (1 on): ``base``, ``factor`` times
+    longer after each further one, at most ``most``; of which a random part up to ``jitter``
+    (a fraction) is taken off, so that many waiting at once do not all come back together."""
+    delay = min(most, base * factor ** (failures - 1))
+    return delay * (1 - jitter * random.random())

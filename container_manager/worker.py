@@ -22,7 +22,7 @@ import time
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
-from . import janitor, queue, scheduling
+from . import janitor, queue, scheduling, webhooks
 from .conf import setting
 from .db import TRANSIENT_ERRORS, drop_if_broken
 from .models import ContainerJob, ExecutorHost
@@ -72,6 +72,8 @@ class Worker:
         self.stop_deadline: float | None = None  # time.monotonic(); set with ``stopping``
         self.sweeper: threading.Thread | None = None
         self.checker: threading.Thread | None = None
+        # Webhook deliveries, in threads of their own: never in the way of the job loop.
+        self.webhooks = webhooks.Pump()
         # After a database outage, other workers' heartbeats are as stale as this one's:
         # their jobs are not adopted until they have had time to beat again.
         self.adopt_after = 0.0
@@ -97,12 +99,14 @@ class Worker:
         listener = Listener(self.wake, queued=self.queued) if Listener.available() else None
         if listener:
             listener.start()
+        self.webhooks.start()
         try:
             self._loop()
         finally:
             self.release.set()
             self._join_runners()
             self.runners.shutdown(RELEASE_WAIT_SECONDS)
+            self.webhooks.stop()
             for helper in (self.sweeper, self.checker):
                 if helper is not None:
                     helper.join(timeout=RELEASE_WAIT_SECONDS)
@@ -187,8 +191,13 @@ class Worker:
         return list(queue.active_hosts(self.host_names).values_list("pk", flat=True))
 
     def _has_work(self) -> bool:
-        # A job that waited for others may have just become ready.
-        return queue.settle_dependents() > 0 or queue.has_pending_work(self.host_ids)
+        # A job that waited for others may have just become ready; the webhooks of jobs
+        # that ended are tried before an --until-idle worker leaves.
+        return (
+            queue.settle_dependents() > 0
+            or queue.has_pending_work(self.host_ids)
+            or self.webhooks.busy()
+        )
 
     def _take_work(self) -> int:
         """Adopt orphaned jobs first (they are already running), then claim new ones."""

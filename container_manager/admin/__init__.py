@@ -9,6 +9,7 @@ from .hosts import (
 )
 from .jobs import ContainerJobAdmin
 from .overview import QueueOverviewAdmin
+from .webhooks import WebhookDeliveryAdmin
 
 __all__ = [
     "ContainerJobAdmin",
@@ -16,5 +17,6 @@ __all__ = [
     "ExecutorHostAdmin",
     "QueueOverviewAdmin",
     "RegistryCredentialAdmin",
+    "WebhookDeliveryAdmin",
     "WorkerAdmin",
 ]

@@ -4,10 +4,12 @@ Secret environment values are never shown, to anyone: forms show them as ``â€¢â€
 masked value left as it is keeps the stored (encrypted) one.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db import models
 
 from .. import secrets
 from ..executors import executor_types
@@ -134,10 +136,20 @@ class MaskedEnvironmentTextField(forms.CharField):
         return super().has_changed(initial, data)
 
 
+# Webhook URLs typed without a scheme are taken as https:// (Django 6's default).
+URL_FIELDS: Mapping[type[models.Field], Mapping[str, Any]] = {
+    models.URLField: {"assume_scheme": "https"}
+}
+
+
 class EnvironmentVariableTemplateForm(forms.ModelForm):
+    webhook_url = EnvironmentVariableTemplate._meta.get_field("webhook_url").formfield(
+        **URL_FIELDS[models.URLField]
+    )
+
     class Meta:
         model = EnvironmentVariableTemplate
-        fields = ("name", "description", "environment_variables")
+        fields = ("name", "description", "environment_variables", "webhook_url")
         field_classes = {"environment_variables": MaskedEnvironmentTextField}
 
     def __init__(self, *args, **kwargs):

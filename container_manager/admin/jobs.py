@@ -37,7 +37,7 @@ from ..overview import why_waiting
 from ..routing import describe_request
 from ..states import ACTIVE, RETRYABLE, TERMINAL, WAITING, JobStatus
 from . import display
-from .forms import CONFINEMENT_FIELDS, WHAT_TO_RUN_FIELDS, ContainerJobForm
+from .forms import CONFINEMENT_FIELDS, URL_FIELDS, WHAT_TO_RUN_FIELDS, ContainerJobForm
 
 EVERY_STATUS = frozenset(JobStatus.values)
 # Selected jobs named one by one in a report; past these, "and N more".
@@ -168,6 +168,7 @@ def is_job_id(text: str) -> bool:
 @admin.register(ContainerJob)
 class ContainerJobAdmin(admin.ModelAdmin):
     form = ContainerJobForm
+    formfield_overrides = URL_FIELDS
     list_display = (
         "short_id",
         "job_column",
@@ -199,6 +200,7 @@ class ContainerJobAdmin(admin.ModelAdmin):
             },
         ),
         ("What to run", {"fields": WHAT_TO_RUN_FIELDS}),
+        ("When it ends", {"fields": ("webhook_url",)}),
         (
             "Confinement",
             {
@@ -444,6 +446,8 @@ class ContainerJobAdmin(admin.ModelAdmin):
             ],
             "waiting": why_waiting(job),
             "attempts": attempts,
+            "webhook_url": job.webhook_target,
+            "deliveries": list(job.webhook_deliveries.all()),
             "actions": offered,
             "hosts": ExecutorHost.objects.filter(is_active=True).order_by("name"),
             "live_url": reverse("admin:container_manager_containerjob_live", args=[job.pk]),

@@ -57,6 +57,7 @@ CREATE_FIELDS = {
     "max_attempts": "max_attempts",
     "run_as": "run_as_user",
     "executor_type": "executor_type",
+    "webhook_url": "webhook_url",
 }
 # Switches that loosen the container's confinement (each must be allowed by the policy).
 CONFINEMENT_SWITCHES = ("read_only_root", "privileged", "host_network", "host_pid")
@@ -236,6 +237,9 @@ class Command(BaseCommand):
         create.add_argument("--timeout", type=int, metavar="S", help="Timeout in seconds.")
         create.add_argument("--priority", type=int, metavar="P", help="Higher runs first.")
         create.add_argument("--max-attempts", type=int, metavar="N", help="Tries before giving up.")
+        create.add_argument(
+            "--webhook-url", metavar="URL", help="POSTed to, signed, when the job ends."
+        )
         create.add_argument(
             "--hold", action="store_true", help="Create it pending: it is not run until queued."
         )
@@ -511,7 +515,7 @@ class Command(BaseCommand):
             jobs = jobs.filter(host=self.get_host(options["host"]))
         if options["as_json"]:
             jobs = jobs.select_related("environment_template", "created_by").prefetch_related(
-                "attempt_set__host", "depends_on"
+                "attempt_set__host", "depends_on", "webhook_deliveries"
             )
             self.write_json([job_to_dict(job) for job in jobs[: options["limit"]]])
             return
@@ -561,6 +565,30 @@ class Command(BaseCommand):
         ]
         if rows:
             headers = ["#", "STATUS", "HOST", "EXECUTION ID", "EXIT", "STARTED", "ERROR"]
+            for line in table(headers, rows):
+                self.stdout.write(f"  {line}")
+        self.show_deliveries(job)
+
+    def show_deliveries(self, job):
+        """The job's webhook deliveries, if it has a webhook or had one."""
+        deliveries = list(job.webhook_deliveries.all())
+        if not deliveries and not job.webhook_target:
+            return
+        self.stdout.write("Webhook deliveries:" + ("" if deliveries else " none yet"))
+        rows = [
+            [
+                str(delivery.pk),
+                delivery.job_status,
+                delivery.status,
+                str(delivery.attempts),
+                when(delivery.delivered_at),
+                clip(delivery.last_answer, 60) or "-",
+                clip(delivery.url, 60),
+            ]
+            for delivery in deliveries
+        ]
+        if rows:
+            headers = ["ID", "ENDING", "STATUS", "TRIES", "DELIVERED", "LAST ANSWER", "URL"]
             for line in table(headers, rows):
                 self.stdout.write(f"  {line}")
 
