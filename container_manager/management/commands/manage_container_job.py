@@ -291,14 +291,7 @@ class Command(BaseCommand):
         listing.add_argument(
             "--array", metavar="ARRAY_ID", help="Only this job array's members, by index."
         )
-        listing.add_argument(
-            "--limit",
-            type=positive_int,
-            default=DEFAULT_LIST_LIMIT,
-            metavar="N",
-            help=f"At most N jobs (default {DEFAULT_LIST_LIMIT}).",
-        )
-        self._json_flag(listing)
+        self._list_options(listing, "jobs")
 
         show = sub.add_parser("show", help="Everything about one job and its attempts.")
         show.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
@@ -422,32 +415,33 @@ class Command(BaseCommand):
         )
         actions = array_parser.add_subparsers(dest="array_action", required=True, metavar="ACTION")
         listing = actions.add_parser("list", help="List job arrays, newest first.")
-        listing.add_argument(
+        self._list_options(listing, "arrays")
+        described = {
+            "show": "An array's members counted by status, and whether all have ended.",
+            "cancel": "Cancel every member that has not ended (running ones: their workers "
+            "stop them).",
+            "retry": "Queue again the members that failed, timed out or were cancelled.",
+        }
+        for name, text in described.items():
+            one = actions.add_parser(name, help=text, description=text)
+            one.add_argument("array_id", metavar="ARRAY_ID")
+            self._json_flag(one)
+        actions.choices["retry"].add_argument(
+            "--failed-only",
+            action="store_true",
+            help="Only the members that failed or timed out, not the cancelled ones.",
+        )
+        return list(actions.choices.values())
+
+    def _list_options(self, parser, what: str):
+        parser.add_argument(
             "--limit",
             type=positive_int,
             default=DEFAULT_LIST_LIMIT,
             metavar="N",
-            help=f"At most N arrays (default {DEFAULT_LIST_LIMIT}).",
+            help=f"At most N {what} (default {DEFAULT_LIST_LIMIT}).",
         )
-        self._json_flag(listing)
-        for name, text in [
-            ("show", "An array's members counted by status, and whether all have ended."),
-            (
-                "cancel",
-                "Cancel every member that has not ended (running ones: their workers stop them).",
-            ),
-            ("retry", "Queue again the members that failed, timed out or were cancelled."),
-        ]:
-            action = actions.add_parser(name, help=text, description=text)
-            action.add_argument("array_id", metavar="ARRAY_ID")
-            if name == "retry":
-                action.add_argument(
-                    "--failed-only",
-                    action="store_true",
-                    help="Only the members that failed or timed out, not the cancelled ones.",
-                )
-            self._json_flag(action)
-        return list(actions.choices.values())
+        self._json_flag(parser)
 
     @staticmethod
     def _parallelism_option(parser):
