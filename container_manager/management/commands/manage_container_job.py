@@ -189,7 +189,8 @@ class Command(BaseCommand):
             "add_containerjob, release: change_containerjob, cancel, retry, hosts --check: "
             "change_executorhost, show --reveal-secrets: reveal_secrets; bulk: the action's, "
             "reroute: change_containerjob, duplicate: add_containerjob, delete: "
-            "delete_containerjob). Without it: the server's operator."
+            "delete_containerjob; array cancel and retry: those of cancel and retry). Without "
+            "it: the server's operator."
         )
         parser.add_argument("--user", metavar="USERNAME", help=user_help)
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
