@@ -1,5 +1,5 @@
-"""Many jobs at once: create them from one spec and a file of parameters, or cancel, retry,
-release, reroute, duplicate or delete a selection of them.
+"""Many jobs at once: create them from one spec and a file of parameters (or as a job array),
+or cancel, retry, release, reroute, duplicate or delete a selection of them.
 
 The work on each job is ``container_manager.api``'s, so a job is validated, refused or moved
 exactly as one at a time would be. This module reads the parameters, walks the jobs in bounded
@@ -13,7 +13,7 @@ import json
 import shlex
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import PurePath
 from typing import Any
@@ -27,9 +27,9 @@ from . import api, envfile, signals
 from . import secrets as sealing
 from .exceptions import SecretError
 from .fields import short_repr
-from .models import ContainerJob, ExecutorHost, as_job_id
+from .models import ContainerJob, ExecutorHost, JobArray, as_job_id
 from .serializers import validation_error_lines
-from .states import InvalidTransition, JobStatus, check_transition
+from .states import FAILURES, RETRYABLE, TERMINAL, InvalidTransition, JobStatus, check_transition
 
 # Rows per INSERT (SQLite's limit on query parameters may split one further) / jobs per batch
 # of updates: bounded memory and statement size, few round trips.
@@ -302,6 +302,17 @@ def create_jobs(
     ``failed`` names each ("spec", "line 4"); otherwise all are inserted in one transaction,
     ``batch_size`` rows per INSERT, calling ``progress(done, total)`` after each batch.
     """
+    built = _build_jobs(spec, rows, created_by)
+    if isinstance(built, BulkResult):
+        return built
+    _insert(built, batch_size, progress)
+    return BulkResult(succeeded=built)
+
+
+def _build_jobs(
+    spec: dict, rows: Iterable[ParamRow], created_by
+) -> "list[ContainerJob] | BulkResult":
+    """A validated, unsaved job per row; else a BulkResult naming each refusal."""
     try:
         check_spec(spec)
         # The spec alone, checked once: its host, template and creator exist and a host
@@ -322,8 +333,138 @@ def create_jobs(
             failed.append(Failure(row.where, _reason(error)))
     if failed:
         return BulkResult(failed=failed)
-    _insert(jobs, batch_size, progress)
-    return BulkResult(succeeded=jobs)
+    return jobs
+
+
+# -- arrays --------------------------------------------------------------------------------
+
+INDEX_VARIABLE, SIZE_VARIABLE = "JOB_ARRAY_INDEX", "JOB_ARRAY_SIZE"
+# Members are built in memory and inserted in one transaction: bound what one call holds.
+MAX_ARRAY_SIZE = 10_000
+
+
+@dataclass
+class ArrayResult(BulkResult):
+    array: JobArray | None = None  # the array created (None when nothing was)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "array": str(self.array.pk) if self.array else None}
+
+
+def _array_variable_problems(spec: dict, rows: list[ParamRow]) -> list[Failure]:
+    """The spec and rows that set the variables the array sets for each member."""
+    ours = {INDEX_VARIABLE, SIZE_VARIABLE}
+    given = [("spec", key, spec.get(key) or {}) for key in ("env", "secrets")]
+    given += [(row.where, "env", row.env) for row in rows]
+    return [
+        Failure(where, f"{key}: {', '.join(sorted(taken))} is set by the array; leave it out")
+        for where, key, env in given
+        if isinstance(env, dict) and (taken := ours & set(env))
+    ]
+
+
+def _array_arguments(size, rows, parallelism) -> list[ParamRow]:
+    """The members' rows: ``rows``, or ``size`` empty ones. Raises ValidationError naming
+    ``size``, ``rows`` or ``parallelism``."""
+    if (size is None) == (rows is None):
+        raise ValidationError({"size": "give either a size or parameter rows, not both"})
+    if rows is not None:
+        rows = list(rows)
+        if not rows:
+            raise ValidationError({"rows": "no rows: an array needs at least one member"})
+    elif isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValidationError({"size": f"must be a positive whole number, not {short_repr(size)}"})
+    else:
+        rows = [ParamRow(f"index {index}") for index in range(size)]
+    if len(rows) > MAX_ARRAY_SIZE:
+        raise ValidationError(
+            {"size": f"{len(rows):,} members; at most {MAX_ARRAY_SIZE:,} (MAX_ARRAY_SIZE)"}
+        )
+    if parallelism is not None and (
+        isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 1
+    ):
+        raise ValidationError(
+            {"parallelism": f"must be a positive whole number, not {short_repr(parallelism)}"}
+        )
+    return rows
+
+
+def _default_array_name(spec) -> str:
+    """The spec's name, else its image (a spec without either is refused later)."""
+    if not isinstance(spec, dict):
+        return ""
+    for key in ("name", "image"):
+        if isinstance(spec.get(key), str) and spec[key]:
+            return spec[key]
+    return ""
+
+
+def create_array(
+    spec: dict,
+    size: int | None = None,
+    rows: Iterable[ParamRow] | None = None,
+    *,
+    parallelism: int | None = None,
+    name: str = "",
+    created_by=None,
+    batch_size: int = BATCH_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+) -> ArrayResult:
+    """A job array: ``size`` members of ``spec``, or one per parameter row (as
+    ``create_jobs`` makes them), each with ``JOB_ARRAY_INDEX`` (0 to N-1) and
+    ``JOB_ARRAY_SIZE`` in its environment and named ``<name>[<index>]`` (unless its row names
+    it). ``name`` defaults to the spec's name, else its image. At most ``parallelism``
+    members launch or run at once (None: no limit).
+
+    All or nothing: if an argument, the spec or any row is invalid, nothing is created and
+    ``failed`` names each ("size", "spec", "line 4"); a spec or row that sets the array's
+    variables itself is refused.
+    """
+    try:
+        member_rows = _array_arguments(size, rows, parallelism)
+    except ValidationError as error:
+        return ArrayResult(
+            failed=[
+                Failure(field, "; ".join(errors)) for field, errors in error.message_dict.items()
+            ]
+        )
+    if problems := _array_variable_problems(spec if isinstance(spec, dict) else {}, member_rows):
+        return ArrayResult(failed=problems)
+    base = name or _default_array_name(spec)
+    count = len(member_rows)
+    indexed = [
+        replace(
+            row,
+            env={**row.env, INDEX_VARIABLE: str(index), SIZE_VARIABLE: str(count)},
+            name=row.name if row.name is not None else f"{base}[{index}]",
+        )
+        for index, row in enumerate(member_rows)
+    ]
+    built = _build_jobs(spec, indexed, created_by)
+    if isinstance(built, BulkResult):
+        return ArrayResult(failed=built.failed)
+    array = JobArray(name=base, size=count, parallelism=parallelism, created_by=created_by)
+    for index, job in enumerate(built):
+        job.array, job.array_index = array, index
+    with transaction.atomic():
+        array.save(force_insert=True)
+        _insert(built, batch_size, progress)
+    return ArrayResult(succeeded=built, array=array)
+
+
+def cancel_array(array: JobArray, *, batch_size: int = BATCH_SIZE) -> BulkResult:
+    """Cancel every member of ``array`` that has not ended (running ones: their workers
+    stop them); see cancel_jobs."""
+    return cancel_jobs(array.members.exclude(status__in=TERMINAL), batch_size=batch_size)
+
+
+def retry_array(
+    array: JobArray, *, failed_only: bool = False, batch_size: int = BATCH_SIZE
+) -> BulkResult:
+    """Queue again the members of ``array`` that failed, timed out or were cancelled
+    (``failed_only``: not the cancelled ones); see retry_jobs."""
+    statuses = FAILURES if failed_only else RETRYABLE
+    return retry_jobs(array.members.filter(status__in=statuses), batch_size=batch_size)
 
 
 def _ready_to_insert(job: ContainerJob, now) -> None:

@@ -25,7 +25,7 @@ from .exceptions import ExecutorError
 from .executors import Health, executor_for, get_executor_class, validate_executor_type
 from .output import storable
 from .spec import HostSpec, RegistryAuth
-from .states import ACTIVE, TERMINAL, InvalidTransition, JobStatus, check_transition
+from .states import ACTIVE, FAILURES, TERMINAL, InvalidTransition, JobStatus, check_transition
 from .units import backoff
 
 if TYPE_CHECKING:
@@ -1087,8 +1087,88 @@ class Schedule(fields.CheckedModel):
         return moments
 
 
+class JobArrayQuerySet(models.QuerySet):
+    def with_counts(self) -> "models.QuerySet[JobArray]":
+        """Arrays annotated with ``<status>_count`` for each status, for lists of arrays."""
+        return self.annotate(
+            **{
+                f"{status}_count": models.Count("members", filter=models.Q(members__status=status))
+                for status in JobStatus.values
+            }
+        )
+
+    def full(self) -> "JobArrayQuerySet":
+        """Arrays with as many members launching or running as their ``parallelism``.
+
+        Counted from the active jobs (a worker's few) rather than from each array's members,
+        so the question costs the same however many arrays and members there are."""
+        at_limit = (
+            ContainerJob.objects.filter(status__in=ACTIVE, array__parallelism__isnull=False)
+            .order_by()
+            .values("array", "array__parallelism")
+            .annotate(active=models.Count("*"))
+            .filter(active__gte=models.F("array__parallelism"))
+            .values("array")
+        )
+        return self.filter(pk__in=at_limit)
+
+    def free_slots(self, array_ids) -> dict[uuid.UUID, int]:
+        """How many more members each array among ``array_ids`` that has a ``parallelism``
+        may launch now. Their rows are locked until the transaction ends, so no other claim
+        counts and adds to these arrays meanwhile.
+
+        The members are counted by a statement of their own, after the lock is held: counted
+        in the locking statement, they would be as of its snapshot, taken before any wait for
+        the lock (PostgreSQL's READ COMMITTED), and miss the claims it waited for."""
+        limits = dict(
+            self.filter(pk__in=array_ids, parallelism__isnull=False)
+            .order_by("pk")  # one order for every claim: no deadlock between them
+            .select_for_update()
+            .values_list("pk", "parallelism")
+        )
+        if not limits:
+            return {}
+        active = dict(
+            ContainerJob.objects.filter(array__in=limits, status__in=ACTIVE)
+            .order_by()
+            .values("array")
+            .annotate(active=models.Count("*"))
+            .values_list("array", "active")
+        )
+        return {pk: most - active.get(pk, 0) for pk, most in limits.items()}
+
+
+IN_PROGRESS = "in progress"
+
+
+class ArraySummary(TypedDict):
+    """What ``JobArray.summary`` says about an array's members."""
+
+    size: int
+    counts: dict[str, int]  # members by status, every status present
+    done: bool  # every member has ended
+    outcome: str  # "in progress"; once done "completed", "failed" or "cancelled"
+
+
+def array_outcome(counts: dict[str, int]) -> str:
+    """How an array whose members are in ``counts`` went: "in progress" until every member
+    has ended; then "failed" if one failed or timed out, else "cancelled" if one was
+    cancelled, else "completed"."""
+    if any(counts[status] for status in JobStatus.values if status not in TERMINAL):
+        return IN_PROGRESS
+    if any(counts[status] for status in FAILURES):
+        return "failed"
+    if counts[JobStatus.CANCELLED]:
+        return "cancelled"
+    return "completed"
+
+
 class JobArray(models.Model):
-    """N jobs of one spec, told apart by ``JOB_ARRAY_INDEX`` (0 to N-1) in their environment."""
+    """N jobs of one spec, told apart by ``JOB_ARRAY_INDEX`` (0 to N-1) in their environment.
+
+    ``parallelism`` is enforced where jobs are claimed (``queue.claim_jobs``)."""
+
+    objects = JobArrayQuerySet.as_manager()
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200, blank=True)
@@ -1107,6 +1187,22 @@ class JobArray(models.Model):
 
     def __str__(self):
         return self.name or f"array {self.pk}"
+
+    def summary(self) -> ArraySummary:
+        """Its members counted by status, whether all have ended, and how it went."""
+        if hasattr(self, "queued_count"):  # from JobArray.objects.with_counts()
+            counts = {status: getattr(self, f"{status}_count") for status in JobStatus.values}
+        else:
+            counts = dict.fromkeys(JobStatus.values, 0)
+            by_status = self.members.order_by().values("status").annotate(n=models.Count("*"))
+            counts.update(by_status.values_list("status", "n"))
+        outcome = array_outcome(counts)
+        return {
+            "size": self.size,
+            "counts": counts,
+            "done": outcome != IN_PROGRESS,
+            "outcome": outcome,
+        }
 
 
 class WebhookDelivery(models.Model):

@@ -8,6 +8,10 @@ of queueing behind them. On SQLite the transaction starts with ``BEGIN IMMEDIATE
 example settings), which takes the database's single write lock up front: claims from several
 processes run one after another, never interleaved.
 
+A job array's ``parallelism`` is enforced in the same transaction: members of arrays already
+at their limit are left out in SQL, and the arrays of the members a claim looks at are locked
+and their running members counted after the lock, with the members this claim takes added.
+
 No executor is ever called inside a claim transaction.
 """
 
@@ -21,7 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .conf import setting
-from .models import ContainerJob, ExecutorHost, JobAttempt, Worker
+from .models import ContainerJob, ExecutorHost, JobArray, JobAttempt, Worker
 from .routing import route
 from .states import ACTIVE, RETRYABLE, JobStatus
 
@@ -57,14 +61,16 @@ def routable_hosts(host_ids=None, lock=False) -> list[HostWithLoad]:
 def claimable(hosts: list[HostWithLoad]):
     """Ready jobs that may be routed to one of ``hosts``: any unpinned job, or one that asks
     for one of them (or for a chain among them) while it is healthy and has a free slot.
-    Filtered in SQL, so jobs waiting for a full or unhealthy host do not crowd out the rest."""
+    Filtered in SQL, so jobs waiting for a full or unhealthy host, or for their array's
+    running members to end (``JobArray.parallelism``), do not crowd out the rest."""
     open_hosts = [
         h.pk
         for h in hosts
         if h.health_status != ExecutorHost.Health.UNHEALTHY
         and (h.member_names or h.load < h.max_concurrent_jobs)
     ]
-    return ready_jobs().filter(Q(requested_host__isnull=True) | Q(requested_host__in=open_hosts))
+    ready = ready_jobs().filter(Q(requested_host__isnull=True) | Q(requested_host__in=open_hosts))
+    return ready.exclude(array__in=JobArray.objects.full())
 
 
 def claim_jobs(worker: Worker, limit: int, host_ids=None, look_first=True) -> list[ContainerJob]:
@@ -85,9 +91,16 @@ def claim_jobs(worker: Worker, limit: int, host_ids=None, look_first=True) -> li
             candidates = candidates.select_for_update(skip_locked=True, of=("self",))
         loads = {host.pk: host.load for host in hosts}
         # Look past jobs no host can take now, but not through the whole backlog.
-        for job in candidates[: limit * 4]:
+        window = list(candidates[: limit * 4])
+        # Counted after the hosts' lock, as the loads are; only when a candidate is a member
+        # of an array, so a claim of other jobs costs no statement more.
+        array_ids = {job.array_id for job in window if job.array_id is not None}
+        slots = JobArray.objects.free_slots(array_ids) if array_ids else {}
+        for job in window:
             if len(claimed) == limit:
                 break
+            if slots.get(job.array_id, 1) <= 0:
+                continue  # its array runs as many members as it may
             chosen = route(job, hosts, loads)
             if chosen.host is None:
                 continue
@@ -102,6 +115,8 @@ def claim_jobs(worker: Worker, limit: int, host_ids=None, look_first=True) -> li
                     routing=chosen.reason,
                 )
                 loads[chosen.host.pk] = loads.get(chosen.host.pk, 0) + 1
+                if job.array_id in slots:
+                    slots[job.array_id] -= 1
                 claimed.append(job)
     return claimed
 

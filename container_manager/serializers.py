@@ -90,6 +90,8 @@ def job_to_dict(job, include_output: bool = False, reveal_secrets: bool = False)
         "finished_at": _time(job.finished_at),
         "duration_seconds": duration.total_seconds() if duration is not None else None,
         "depends_on": [str(other.pk) for other in job.depends_on.all()],
+        "array": str(job.array_id) if job.array_id else None,
+        "array_index": job.array_index,
         "attempt_history": [attempt_to_dict(attempt) for attempt in job.attempt_set.all()],
         "webhook_url": job.webhook_url,
         "webhook_deliveries": [delivery_to_dict(d) for d in job.webhook_deliveries.all()],
@@ -98,6 +100,18 @@ def job_to_dict(job, include_output: bool = False, reveal_secrets: bool = False)
         data["stdout"] = job.stdout
         data["stderr"] = job.stderr
     return data
+
+
+def array_to_dict(array) -> dict:
+    """A job array and its members' summary (``JobArray.summary``) as JSON-ready data."""
+    return {
+        "id": str(array.pk),
+        "name": array.name,
+        "parallelism": array.parallelism,
+        "created_by": array.created_by.get_username() if array.created_by else None,
+        "created_at": _time(array.created_at),
+        **array.summary(),
+    }
 
 
 def host_to_dict(host) -> dict:

@@ -30,6 +30,8 @@ ACTIVE = frozenset({S.LAUNCHING, S.RUNNING})
 TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.TIMED_OUT, S.CANCELLED})
 # Ended, but not well: a retry (or a reroute) queues these again.
 RETRYABLE = TERMINAL - {S.COMPLETED}
+# Ended by the job itself, not well: what "failed members" of an array are.
+FAILURES = frozenset({S.FAILED, S.TIMED_OUT})
 # No worker holds these yet: rerouting them changes where they will run.
 WAITING = frozenset({S.PENDING, S.QUEUED, S.RETRYING})
 

@@ -1,6 +1,7 @@
 """The Django admin: configuration over the models; what it does, it asks of
 ``container_manager.api``, ``bulk_operations`` and ``overview``."""
 
+from .arrays import JobArrayAdmin
 from .hosts import (
     EnvironmentVariableTemplateAdmin,
     ExecutorHostAdmin,
@@ -15,6 +16,7 @@ __all__ = [
     "ContainerJobAdmin",
     "EnvironmentVariableTemplateAdmin",
     "ExecutorHostAdmin",
+    "JobArrayAdmin",
     "QueueOverviewAdmin",
     "RegistryCredentialAdmin",
     "WebhookDeliveryAdmin",

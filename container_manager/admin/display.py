@@ -6,6 +6,7 @@ the users' text and are shown as text, never as markup.
 
 from datetime import datetime
 
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -103,3 +104,27 @@ def size(value: int | None) -> str:
 
 def cpu_time(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f} s"
+
+
+def array_url(array_id) -> str:
+    return reverse("admin:container_manager_jobarray_change", args=[array_id])
+
+
+def members_url(array_id) -> str:
+    """The job list, showing only the members of the array (ordered by the list's own)."""
+    return reverse("admin:container_manager_containerjob_changelist") + f"?array__exact={array_id}"
+
+
+def array_membership(job: ContainerJob) -> SafeString | str:
+    """A member's array (a link) and its index; "—" for a job of no array."""
+    if job.array_id is None:
+        return "—"
+    array = job.array
+    assert array is not None  # array_id says it has one
+    return format_html(
+        '<a href="{}">{}</a>, index {} of {}',
+        array_url(array.pk),
+        array,
+        job.array_index,
+        array.size,
+    )

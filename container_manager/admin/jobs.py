@@ -113,6 +113,32 @@ JOB_ACTIONS = {
 }
 
 
+def report(
+    model_admin, request, action: JobAction, result: bulk.BulkResult, what="selected job"
+) -> None:
+    """One message per job refused (why), then how many of ``what`` were done."""
+    failures = result.failed
+    shown = failures[:REPORTED_FAILURES]
+    names = {
+        str(pk): name
+        for pk, name in ContainerJob.objects.filter(
+            pk__in=[f.item for f in shown if is_job_id(f.item)]
+        ).values_list("pk", "name")
+    }
+    for failure in shown:
+        name = names.get(failure.item, "")
+        label = f"Job {name} ({failure.item[:8]})" if name else f"Job {failure.item[:8]}"
+        model_admin.message_user(request, f"{label}: {failure.reason}", messages.ERROR)
+    if len(failures) > REPORTED_FAILURES:
+        more = len(failures) - REPORTED_FAILURES
+        model_admin.message_user(request, f"… and {more} more refused.", messages.ERROR)
+    done, selected = len(result.succeeded), result.total
+    summary = f"{action.done} {done} of {selected} {what}{'' if selected == 1 else 's'}"
+    if action.name == "cancel" and result.still_running:
+        summary += f" ({result.still_running} running: their workers stop them)"
+    model_admin.message_user(request, summary + ".", messages.SUCCESS if done else messages.WARNING)
+
+
 class LargeTablePaginator(Paginator):
     """Counts exactly when there are few; past ESTIMATE_ABOVE, trusts PostgreSQL's estimate.
 
@@ -188,9 +214,9 @@ class ContainerJobAdmin(admin.ModelAdmin):
     show_full_result_count = False
     search_fields = ("name", "image")
     search_help_text = "Name or image; or a job id (or its first characters), or an execution id."
-    readonly_fields = ("id",)
+    readonly_fields = ("id", "array_member")
     fieldsets = (
-        (None, {"fields": ("id", "name", "priority", "scheduled_for")}),
+        (None, {"fields": ("id", "array_member", "name", "priority", "scheduled_for")}),
         (
             "Where",
             {
@@ -256,6 +282,10 @@ class ContainerJobAdmin(admin.ModelAdmin):
     @admin.display(description="created", ordering="created_at")
     def created_column(self, job):
         return display.compact_time(job.created_at)
+
+    @admin.display(description="array")
+    def array_member(self, job):
+        return display.array_membership(job)
 
     def get_search_results(self, request, queryset, search_term):
         # An id or an execution id is looked up in its index, not matched as text.
@@ -332,27 +362,7 @@ class ContainerJobAdmin(admin.ModelAdmin):
         self._report(request, action, action.run(jobs, request, **options))
 
     def _report(self, request, action: JobAction, result: bulk.BulkResult):
-        """One message per job refused (why), then how many of the selected were done."""
-        failures = result.failed
-        shown = failures[:REPORTED_FAILURES]
-        names = {
-            str(pk): name
-            for pk, name in ContainerJob.objects.filter(
-                pk__in=[f.item for f in shown if is_job_id(f.item)]
-            ).values_list("pk", "name")
-        }
-        for failure in shown:
-            name = names.get(failure.item, "")
-            label = f"Job {name} ({failure.item[:8]})" if name else f"Job {failure.item[:8]}"
-            self.message_user(request, f"{label}: {failure.reason}", messages.ERROR)
-        if len(failures) > REPORTED_FAILURES:
-            more = len(failures) - REPORTED_FAILURES
-            self.message_user(request, f"… and {more} more refused.", messages.ERROR)
-        done, selected = len(result.succeeded), result.total
-        summary = f"{action.done} {done} of {selected} selected job{'' if selected == 1 else 's'}"
-        if action.name == "cancel" and result.still_running:
-            summary += f" ({result.still_running} running: their workers stop them)"
-        self.message_user(request, summary + ".", messages.SUCCESS if done else messages.WARNING)
+        report(self, request, action, result)
 
     def _chosen_host(self, request) -> ExecutorHost | None:
         name = request.POST.get("host")
@@ -451,6 +461,7 @@ class ContainerJobAdmin(admin.ModelAdmin):
             "actions": offered,
             "hosts": ExecutorHost.objects.filter(is_active=True).order_by("name"),
             "live_url": reverse("admin:container_manager_containerjob_live", args=[job.pk]),
+            "array": display.array_membership(job),
             "has_change_permission": False,
         }
         return TemplateResponse(

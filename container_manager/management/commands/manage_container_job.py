@@ -1,4 +1,5 @@
-"""Operate jobs from a shell: create, list, show, logs, release, cancel, retry, and the hosts.
+"""Operate jobs from a shell: create, list, show, logs, release, cancel, retry, the hosts, many
+jobs at once (bulk) and job arrays.
 
 A thin layer: arguments are parsed here, the work is done by ``container_manager.api`` and
 the models, and the result is printed for people or, with ``--json``, for scripts (the JSON
@@ -27,16 +28,17 @@ from container_manager import api
 from container_manager import bulk_operations as bulk
 from container_manager.executors import ExecutorError
 from container_manager.fields import short_repr
-from container_manager.models import ContainerJob, ExecutorHost
+from container_manager.models import ContainerJob, ExecutorHost, JobArray, as_job_id
 from container_manager.output import decode_output, split_incomplete_utf8
 from container_manager.routing import describe_request
 from container_manager.secrets import SecretError
 from container_manager.serializers import (
+    array_to_dict,
     host_to_dict,
     job_to_dict,
     validation_error_lines,
 )
-from container_manager.states import InvalidTransition, JobStatus
+from container_manager.states import TERMINAL, InvalidTransition, JobStatus
 from container_manager.units import human_bytes, human_duration, local_time
 
 if TYPE_CHECKING:
@@ -139,6 +141,10 @@ The parameters (--params; '-' reads standard input), one job each:
 argv replaces the spec's command; env is merged over the spec's env; name replaces its name.
 The format comes from the file's extension (.json, .jsonl, .ndjson, .csv) unless --format
 says it.
+
+With --array the jobs are one job array, a member per row: each gets JOB_ARRAY_INDEX (its
+row's place, from 0) and JOB_ARRAY_SIZE in its environment; --parallelism K lets at most K
+of them launch or run at once. See 'manage_container_job array --help'.
 """
 
 
@@ -184,7 +190,8 @@ class Command(BaseCommand):
             "add_containerjob, release: change_containerjob, cancel, retry, hosts --check: "
             "change_executorhost, show --reveal-secrets: reveal_secrets; bulk: the action's, "
             "reroute: change_containerjob, duplicate: add_containerjob, delete: "
-            "delete_containerjob). Without it: the server's operator."
+            "delete_containerjob; array cancel and retry: those of cancel and retry). Without "
+            "it: the server's operator."
         )
         parser.add_argument("--user", metavar="USERNAME", help=user_help)
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
@@ -250,6 +257,14 @@ class Command(BaseCommand):
             metavar="JOB_ID",
             help="A job that must complete first (repeatable); if it fails, this one fails unrun.",
         )
+        create.add_argument(
+            "--array",
+            type=positive_int,
+            metavar="N",
+            help="Create a job array of N members instead of one job: each runs with "
+            "JOB_ARRAY_INDEX (0 to N-1) and JOB_ARRAY_SIZE in its environment.",
+        )
+        self._parallelism_option(create)
         confinement = create.add_argument_group(
             "confinement", "Beyond the safe defaults; each must be allowed by the container policy."
         )
@@ -279,13 +294,9 @@ class Command(BaseCommand):
         listing.add_argument("--status", choices=JobStatus.values)
         listing.add_argument("--host", metavar="NAME", help="Only this host's jobs.")
         listing.add_argument(
-            "--limit",
-            type=positive_int,
-            default=DEFAULT_LIST_LIMIT,
-            metavar="N",
-            help=f"At most N jobs (default {DEFAULT_LIST_LIMIT}).",
+            "--array", metavar="ARRAY_ID", help="Only this job array's members, by index."
         )
-        self._json_flag(listing)
+        self._list_options(listing, "jobs")
 
         show = sub.add_parser("show", help="Everything about one job and its attempts.")
         show.add_argument("job_id", metavar="JOB_ID", help=JOB_ID_HELP)
@@ -338,9 +349,10 @@ class Command(BaseCommand):
         self._json_flag(hosts)
 
         bulk_actions = self._add_bulk_arguments(sub)
+        array_actions = self._add_array_arguments(sub)
 
         # --user may also follow the subcommand; it is one option either way.
-        for subparser in [*sub.choices.values(), *bulk_actions]:
+        for subparser in [*sub.choices.values(), *bulk_actions, *array_actions]:
             subparser.add_argument(
                 "--user", metavar="USERNAME", default=argparse.SUPPRESS, help=user_help
             )
@@ -371,6 +383,10 @@ class Command(BaseCommand):
         create.add_argument(
             "--hold", action="store_true", help="Create them pending: not run until released."
         )
+        create.add_argument(
+            "--array", action="store_true", help="Create them as one job array, a member per row."
+        )
+        self._parallelism_option(create)
         self._json_flag(create)
         for name, text in [
             ("cancel", "Cancel jobs: at once if not running, else their workers stop them."),
@@ -393,6 +409,53 @@ class Command(BaseCommand):
             )
             self._json_flag(action)
         return list(actions.choices.values())
+
+    def _add_array_arguments(self, sub) -> list:
+        """The ``array`` subcommand; returns its actions' parsers."""
+        array_parser = sub.add_parser(
+            "array",
+            help="List job arrays, show one, cancel it or retry its members.",
+            description="Job arrays are made by 'create --array N' or 'bulk create --array'. "
+            "Their members are jobs: 'list --array ID' lists them.",
+        )
+        actions = array_parser.add_subparsers(dest="array_action", required=True, metavar="ACTION")
+        listing = actions.add_parser("list", help="List job arrays, newest first.")
+        self._list_options(listing, "arrays")
+        described = {
+            "show": "An array's members counted by status, and whether all have ended.",
+            "cancel": "Cancel every member that has not ended (running ones: their workers "
+            "stop them).",
+            "retry": "Queue again the members that failed, timed out or were cancelled.",
+        }
+        for name, text in described.items():
+            one = actions.add_parser(name, help=text, description=text)
+            one.add_argument("array_id", metavar="ARRAY_ID")
+            self._json_flag(one)
+        actions.choices["retry"].add_argument(
+            "--failed-only",
+            action="store_true",
+            help="Only the members that failed or timed out, not the cancelled ones.",
+        )
+        return list(actions.choices.values())
+
+    def _list_options(self, parser, what: str):
+        parser.add_argument(
+            "--limit",
+            type=positive_int,
+            default=DEFAULT_LIST_LIMIT,
+            metavar="N",
+            help=f"At most N {what} (default {DEFAULT_LIST_LIMIT}).",
+        )
+        self._json_flag(parser)
+
+    @staticmethod
+    def _parallelism_option(parser):
+        parser.add_argument(
+            "--parallelism",
+            type=positive_int,
+            metavar="K",
+            help="With --array: at most K members launch or run at once (default: no limit).",
+        )
 
     @staticmethod
     def _json_flag(parser):
@@ -442,6 +505,8 @@ class Command(BaseCommand):
         if subcommand == "bulk":
             action = options["bulk_action"]
             needed.append(ADD if action == "create" else BULK_ACTIONS[action].permission)
+        if subcommand == "array" and options["array_action"] in ("cancel", "retry"):
+            needed.append(by_subcommand[options["array_action"]])
         if subcommand == "hosts" and options.get("check"):
             needed.append(CHECK_HOSTS)
         if subcommand == "show" and options.get("reveal_secrets"):
@@ -467,6 +532,14 @@ class Command(BaseCommand):
             raise CommandError(f"{job_id!r} names more than one job ({ids}): give a job id")
         return found[0]
 
+    def get_array(self, array_id: str) -> JobArray:
+        # Job and array ids are both uuids; one parser says what is not one.
+        pk = as_job_id(array_id)
+        array = JobArray.objects.select_related("created_by").filter(pk=pk).first() if pk else None
+        if array is None:
+            raise CommandError(f"no job array with id {array_id!r}")
+        return array
+
     def get_host(self, name: str) -> ExecutorHost:
         try:
             return ExecutorHost.objects.get(name=name)
@@ -490,16 +563,24 @@ class Command(BaseCommand):
             fields["mounts"] = [parse_mount(text) for text in options["mount"]]
         if options["label"]:
             fields["host_labels"] = parse_env(options["label"], "host_labels")
+        arguments = {
+            "host": options["host"],
+            "env": parse_env(options["env"]),
+            "secrets": parse_env(options["secret"], "secrets"),
+            "env_template": options["env_template"],
+            "hold": options["hold"],
+            **fields,
+        }
+        if options["array"] is not None:
+            self.create_array(options, arguments)
+            return
+        if options["parallelism"] is not None:
+            raise CommandError("--parallelism limits an array's members: give --array N too")
         job = api.create_job(
             options["image"],
             options["argv"],
-            host=options["host"],
-            env=parse_env(options["env"]),
-            secrets=parse_env(options["secret"], "secrets"),
-            env_template=options["env_template"],
-            hold=options["hold"],
             depends_on=options["depends_on"] or None,
-            **fields,
+            **arguments,
         )
         if options["as_json"]:
             self.write_json(job_to_dict(job))
@@ -507,12 +588,44 @@ class Command(BaseCommand):
             where = job.host.name if job.host else "chosen by routing at launch"
             self.stdout.write(f"Created job {job.pk} (status: {job.status}, host: {where})")
 
+    def create_array(self, options, arguments: dict) -> None:
+        if options["depends_on"]:
+            raise CommandError("--depends-on is for one job; an array's members cannot wait")
+        created_by = arguments.pop("created_by", None)
+        spec = {"image": options["image"], "command": options["argv"], **arguments}
+        result = bulk.create_array(
+            spec,
+            size=options["array"],
+            parallelism=options["parallelism"],
+            created_by=created_by,
+        )
+        self.report_created(result, options)
+
+    def report_created(self, result: bulk.BulkResult, options) -> None:
+        """What bulk creation (of jobs or an array) did: JSON, or a line; every refusal."""
+        if options["as_json"]:
+            self.write_json(result.to_dict())
+        if not result:
+            problems = [f"{failure.item}: {failure.reason}" for failure in result.failed]
+            raise CommandError("\n".join(["nothing was created:", *problems]))
+        if options["as_json"]:
+            return
+        status = result.succeeded[0].status
+        array = getattr(result, "array", None)
+        if array is None:
+            self.stdout.write(f"Created {len(result.succeeded)} jobs ({status}).")
+            return
+        limit = f"at most {array.parallelism} at once" if array.parallelism else "no limit"
+        self.stdout.write(f"Created job array {array.pk} of {array.size} jobs ({status}, {limit}).")
+
     def handle_list(self, options):
         jobs = ContainerJob.objects.select_related("host")
         if options["status"]:
             jobs = jobs.filter(status=options["status"])
         if options["host"]:
             jobs = jobs.filter(host=self.get_host(options["host"]))
+        if options["array"]:
+            jobs = jobs.filter(array=self.get_array(options["array"])).order_by("array_index")
         if options["as_json"]:
             jobs = jobs.select_related("environment_template", "created_by").prefetch_related(
                 "attempt_set__host", "depends_on", "webhook_deliveries"
@@ -631,6 +744,7 @@ class Command(BaseCommand):
             ("Environment", env_text),
             ("Limits", ", ".join(limits)),
             ("Priority", job.priority),
+            *self.array_line(job),
             ("Exit code", "-" if job.exit_code is None else job.exit_code),
             ("Attempts", f"{job.attempts} of {job.max_attempts}"),
             ("Retry on", ", ".join(job.retry_on or []) or "-"),
@@ -652,6 +766,12 @@ class Command(BaseCommand):
         if job.cpu_seconds is not None:
             lines.append(("CPU time", f"{job.cpu_seconds:.2f} s"))
         return lines
+
+    @staticmethod
+    def array_line(job) -> list[tuple[str, object]]:
+        if job.array_id is None:
+            return []
+        return [("Array", f"{job.array_id} (index {job.array_index})")]
 
     def handle_logs(self, options):
         job = self.get_job(options["job_id"])
@@ -778,20 +898,21 @@ class Command(BaseCommand):
         params = options["params"]
         format = options["format"] or bulk.guess_format(params)
         rows = self.read_input(params, lambda text: bulk.read_params(text, format))
-        result = bulk.create_jobs(
-            spec,
-            rows,
-            created_by=options["acting_user"],
-            progress=None if options["as_json"] else self.progress_printer(),
-        )
-        if options["as_json"]:
-            self.write_json(result.to_dict())
-        if not result:
-            problems = [f"{failure.item}: {failure.reason}" for failure in result.failed]
-            raise CommandError("\n".join(["nothing was created:", *problems]))
-        if not options["as_json"]:
-            status = JobStatus.PENDING if spec.get("hold") else JobStatus.QUEUED
-            self.stdout.write(f"Created {len(result.succeeded)} jobs ({status}).")
+        progress = None if options["as_json"] else self.progress_printer()
+        created_by = options["acting_user"]
+        if options["array"]:
+            result: bulk.BulkResult = bulk.create_array(
+                spec,
+                rows=rows,
+                parallelism=options["parallelism"],
+                created_by=created_by,
+                progress=progress,
+            )
+        elif options["parallelism"] is not None:
+            raise CommandError("--parallelism limits an array's members: give --array too")
+        else:
+            result = bulk.create_jobs(spec, rows, created_by=created_by, progress=progress)
+        self.report_created(result, options)
 
     def read_input(self, path: str, parse):
         """``parse`` of the text of ``path`` ('-': standard input); a CommandError naming the
@@ -840,7 +961,13 @@ class Command(BaseCommand):
         summary = f"{done} {len(result.succeeded)} of {result.total} jobs"
         if action == "reroute":
             summary += f" to {options['host']}"
-        if action == "cancel" and result.still_running:
+        self.report_done(result, summary, options, cancelling=action == "cancel")
+
+    def report_done(
+        self, result: bulk.BulkResult, summary: str, options, cancelling: bool = False
+    ) -> None:
+        """What an action on many jobs did: JSON or ``summary``; fails naming each refusal."""
+        if cancelling and result.still_running:
             summary += f" ({result.still_running} running: their workers stop them)"
         if options["as_json"]:
             self.write_json(result.to_dict())
@@ -849,6 +976,73 @@ class Command(BaseCommand):
             raise CommandError("\n".join([f"{summary}; {len(refusals)} refused:", *refusals]))
         if not options["as_json"]:
             self.stdout.write(summary + ".")
+
+    # -- arrays --------------------------------------------------------------------------
+
+    def handle_array(self, options):
+        getattr(self, f"array_{options['array_action']}")(options)
+
+    def array_list(self, options):
+        newest = JobArray.objects.with_counts().select_related("created_by")
+        arrays = list(newest[: options["limit"]])
+        if options["as_json"]:
+            self.write_json([array_to_dict(array) for array in arrays])
+            return
+        if not arrays:
+            self.stdout.write("No job arrays.")
+            return
+        rows = []
+        for array in arrays:
+            summary = array.summary()
+            ended = sum(summary["counts"][status] for status in TERMINAL)
+            rows.append(
+                [
+                    str(array.pk),
+                    clip(array.name, 30) or "-",
+                    f"{ended}/{array.size}",
+                    str(array.parallelism or "-"),
+                    summary["outcome"],
+                    when(array.created_at),
+                ]
+            )
+        headers = ["ID", "NAME", "ENDED", "PARALLELISM", "OUTCOME", "CREATED"]
+        for line in table(headers, rows):
+            self.stdout.write(line)
+
+    def array_show(self, options):
+        array = self.get_array(options["array_id"])
+        data = array_to_dict(array)
+        if options["as_json"]:
+            self.write_json(data)
+            return
+        counts = ", ".join(f"{status} {n}" for status, n in data["counts"].items() if n)
+        lines = [
+            ("ID", array.pk),
+            ("Name", array.name or "-"),
+            ("Size", array.size),
+            ("Parallelism", array.parallelism or "no limit"),
+            ("Members", counts or "none"),
+            ("Done", "yes" if data["done"] else "no"),
+            ("Outcome", data["outcome"]),
+            ("Created", when(array.created_at)),
+        ]
+        if array.created_by:
+            lines.append(("Created by", array.created_by.get_username()))
+        for label, value in lines:
+            self.stdout.write(f"{label}: {value}")
+
+    def array_cancel(self, options):
+        array = self.get_array(options["array_id"])
+        result = bulk.cancel_array(array)
+        summary = f"Cancelled {len(result.succeeded)} members of {array}"
+        self.report_done(result, summary, options, cancelling=True)
+
+    def array_retry(self, options):
+        array = self.get_array(options["array_id"])
+        result = bulk.retry_array(array, failed_only=options["failed_only"])
+        self.report_done(
+            result, f"Queued again {len(result.succeeded)} members of {array}", options
+        )
 
     def job_ids(self, options) -> list[str]:
         ids = list(options["job_ids"])
