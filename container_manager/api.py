@@ -61,7 +61,7 @@ def lookup_host(host: ExecutorHost | str | None) -> ExecutorHost | None:
     return _lookup(ExecutorHost, host, "host")
 
 
-def _with_secrets(env: dict, secrets: dict) -> dict:
+def with_secrets(env: dict, secrets: dict) -> dict:
     """``env`` with ``secrets`` added, sealed. Raises ValidationError for the ``secrets`` field."""
     envfile.validate_env_mapping(secrets, "secrets")
     if both := sorted(env.keys() & secrets.keys()):
@@ -167,7 +167,7 @@ def build_job(
     errors = {}
     if secrets:
         try:
-            env = _with_secrets(env, secrets)
+            env = with_secrets(env, secrets)
         except ValidationError as error:
             errors["secrets"] = error.messages
     job = ContainerJob(

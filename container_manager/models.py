@@ -1078,13 +1078,20 @@ class Schedule(fields.CheckedModel):
                 last = due
                 yield due
 
+    def last_run(self) -> "ContainerJob | None":
+        """The job made for the latest due time (None: none yet, or deleted since)."""
+        return self.runs.without_output().order_by("-scheduled_run_at").first()
+
     def upcoming(self, count: int, after=None) -> list:
-        """The next ``count`` due times after ``after`` (default: now), for people."""
-        moments, moment = [], after or timezone.now()
-        for _ in range(count):
+        """The next ``count`` due times: from the cursor on, or those after ``after``."""
+        if after is None and self.next_run_at is None:
+            return []
+        moment = self.next_run_at if after is None else self.next_due_after(after)
+        moments = [moment]
+        while len(moments) < count:
             moment = self.next_due_after(moment)
             moments.append(moment)
-        return moments
+        return moments[:count]
 
 
 class JobArrayQuerySet(models.QuerySet):

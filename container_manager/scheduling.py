@@ -39,7 +39,7 @@ from .states import ACTIVE, TERMINAL, JobStatus
 logger = logging.getLogger(__name__)
 
 # A schedule's job spec: create_job's arguments, less what only makes sense for one job.
-NOT_IN_SCHEDULES = ("hold", "scheduled_for", "secrets")
+NOT_IN_SCHEDULES = ("hold", "scheduled_for")
 
 
 def now() -> datetime:
@@ -54,15 +54,13 @@ def check_job_spec(spec) -> None:
     """Refuse a job spec that ``create_job`` would refuse, naming each problem."""
     bulk_operations.check_spec(spec)
     if given := [key for key in NOT_IN_SCHEDULES if key in spec]:
-        raise ValidationError(
-            f"{', '.join(given)}: not for a schedule's job spec (secret values go in env, "
-            "under secret names (SECRET_ENV_PATTERNS): they are stored sealed)"
-        )
+        raise ValidationError(f"{', '.join(given)}: not for a schedule's job spec")
     api.build_job(**spec)
 
 
-def save_schedule(schedule: Schedule) -> Schedule:
-    """Validate and save ``schedule``, its cursor set to the next due time from now.
+def save_schedule(schedule: Schedule, move_cursor: bool = True) -> Schedule:
+    """Validate and save ``schedule``; ``move_cursor``: its next run is the next due time
+    from now (a new schedule, or a changed time); otherwise the cursor stays.
 
     Secret values of the spec's env are stored sealed, as a job's are. Raises
     ValidationError naming each bad field (``job_spec`` for the spec)."""
@@ -77,10 +75,15 @@ def save_schedule(schedule: Schedule) -> Schedule:
         errors["job_spec"] = validation_error_lines(error)
     if errors:
         raise ValidationError(errors)
-    if env := schedule.job_spec.get("env"):
-        schedule.job_spec = {**schedule.job_spec, "env": sealing.seal_environment(env)}
-    schedule.next_run_at = None
-    schedule.next_run_at = schedule.next_due_after(now())
+    # Stored as a job stores them: secret-named values and ``secrets`` sealed, in env.
+    spec = dict(schedule.job_spec)
+    secrets = spec.pop("secrets", None) or {}
+    if spec.get("env") or secrets:
+        spec["env"] = api.with_secrets(sealing.seal_environment(spec.get("env") or {}), secrets)
+    schedule.job_spec = spec
+    if move_cursor or schedule.next_run_at is None:
+        schedule.next_run_at = None  # not an interval's anchor: they count from now
+        schedule.next_run_at = schedule.next_due_after(now())
     schedule.save()
     return schedule
 

@@ -114,6 +114,31 @@ def array_to_dict(array) -> dict:
     }
 
 
+def schedule_to_dict(schedule, upcoming: int = 0) -> dict:
+    """A schedule, its last run and (``upcoming``) its next due times, as JSON-ready data.
+    Secret values of its job spec stay sealed."""
+    last = schedule.last_run()
+    return {
+        "name": schedule.name,
+        "cron": schedule.cron or None,
+        "interval_seconds": schedule.interval_seconds,
+        "time_zone": schedule.time_zone,
+        "job_spec": schedule.job_spec,
+        "missed_runs": schedule.missed_runs,
+        "starting_deadline_seconds": schedule.starting_deadline_seconds,
+        "concurrency": schedule.concurrency,
+        "successful_runs_to_keep": schedule.successful_runs_to_keep,
+        "failed_runs_to_keep": schedule.failed_runs_to_keep,
+        "paused": schedule.paused,
+        "next_run_at": None if schedule.paused else _time(schedule.next_run_at),
+        "last_run_at": _time(schedule.last_run_at),
+        "last_run": {"job_id": str(last.pk), "status": last.status} if last else None,
+        "last_skip_reason": schedule.last_skip_reason,
+        "upcoming": [_time(moment) for moment in schedule.upcoming(upcoming)] if upcoming else [],
+        "created_at": _time(schedule.created_at),
+    }
+
+
 def host_to_dict(host) -> dict:
     """A host as JSON-ready data; ``host`` should come from ``ExecutorHost.objects.with_load()``
     (``running_jobs``: what workers hold on it now)."""

@@ -1,13 +1,19 @@
 """Schedules: due times from cron (with time zones and DST) or intervals, each fired once."""
 
+import io
+import json
 import random
+import signal
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.core.management import CommandError, call_command
 from django.db import connection, connections  # noqa: F401 (skipif reads connection)
+from django.urls import reverse
 
 from container_manager import scheduling
 from container_manager.models import ContainerJob, Schedule
@@ -60,6 +66,11 @@ def utc(*args) -> datetime:
         ({"job_spec": {"command": ["true"]}}, "job_spec", "image: is required"),
         ({"job_spec": {"image": "a b"}}, "job_spec", "'a b' contains whitespace"),
         ({"job_spec": {"image": "x", "hold": True}}, "job_spec", "hold: not for a schedule"),
+        (
+            {"job_spec": {"image": "x", "secrets": {"A": "1"}, "env": {"A": "2"}}},
+            "job_spec",
+            "A given both in env and in secrets",
+        ),
         ({"job_spec": {"image": "x", "colour": 1}}, "job_spec", "unknown keys 'colour'"),
         ({"job_spec": {"image": "x", "memory_limit": -5}}, "job_spec", "memory_limit: Ensure"),
         ({"job_spec": {"image": "x", "host": "nowhere"}}, "job_spec", "no executor host named"),
@@ -325,3 +336,165 @@ def test_four_workers_fire_each_minute_of_a_day_with_dst_exactly_once(moved_cloc
     # Seen from New York: the repeated hour ran twice, 60 distinct UTC minutes each time.
     local_hours = [t.astimezone(NEW_YORK).strftime("%H") for t in fired_at]
     assert local_hours.count("01") == 120
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def cli(*args) -> str:
+    out = io.StringIO()
+    call_command("manage_container_job", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_schedules_from_the_command_line(moved_clock):
+    added = cli(
+        "schedule", "add", "nightly", "--cron", "30 2 * * *", "--time-zone", "Europe/Berlin",
+        "--concurrency", "forbid", "--image", "alpine:3.20", "--env", "MODE=full",
+        "--secret", "API=k3y", "--host", "mock", "--memory", "64", "--", "sh", "-c", "echo hi",
+    )  # fmt: skip
+    assert "Schedule: nightly" in added
+    assert "When: 30 2 * * * (Europe/Berlin)" in added
+    assert "Next runs: 2026-06-02 00:30:00 UTC, 2026-06-03 00:30:00 UTC" in added  # project's zone
+    schedule = Schedule.objects.get(name="nightly")
+    assert schedule.job_spec["command"] == ["sh", "-c", "echo hi"]
+    assert schedule.job_spec["memory_limit"] == 64
+    assert "k3y" not in str(schedule.job_spec)  # stored sealed
+
+    data = json.loads(cli("schedule", "show", "nightly", "--json"))
+    assert data["upcoming"][:2] == ["2026-06-02T00:30:00+00:00", "2026-06-03T00:30:00+00:00"]
+    assert data["concurrency"] == "forbid"
+    assert "nightly" in cli("schedule", "list")
+    cli("schedule", "pause", "nightly")
+    assert "paused" in cli("schedule", "list")
+    cli("schedule", "resume", "nightly")
+    assert not Schedule.objects.get().paused
+    assert "Removed schedule 'nightly'" in cli("schedule", "remove", "nightly")
+    assert not Schedule.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_bad_schedule_from_the_command_line_names_the_problem(moved_clock):
+    with pytest.raises(CommandError, match="cron: '0 25 \\* \\* \\*' is not a cron expression"):
+        cli("schedule", "add", "bad", "--cron", "0 25 * * *", "--image", "x")
+    with pytest.raises(CommandError, match="job_spec: memory_limit: Ensure"):
+        cli("schedule", "add", "bad", "--every", "60", "--image", "x", "--memory", "-1")
+    with pytest.raises(CommandError, match="no schedule named 'nope'"):
+        cli("schedule", "pause", "nope")
+    assert not Schedule.objects.exists()
+
+
+@pytest.mark.django_db
+def test_schedule_commands_check_the_users_permissions(moved_clock, django_user_model):
+    django_user_model.objects.create_user("viewer")
+    with pytest.raises(CommandError, match="may not add schedules"):
+        cli("--user", "viewer", "schedule", "add", "s", "--every", "60", "--image", "x")
+
+
+# -- the admin -----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_schedules_with_next_and_last_runs(moved_clock, admin_client):
+    schedule = make_schedule(name="hourly-report", cron="0 * * * *")
+    moved_clock.set_to(utc(2026, 6, 1, 13, 0, 5))
+    scheduling.fire_due_schedules()
+    job = schedule.runs.get()
+    page = admin_client.get(reverse("admin:container_manager_schedule_changelist"))
+    text = page.content.decode()
+    assert "hourly-report" in text
+    assert "0 * * * * (UTC)" in text
+    assert "2026-06-01 14:00" in text  # next run
+    assert reverse("admin:container_manager_containerjob_change", args=[job.pk]) in text
+    assert "Queued" in text  # the last run's outcome
+
+    change = admin_client.get(
+        reverse("admin:container_manager_schedule_change", args=[schedule.pk])
+    )
+    assert "2026-06-01 15:00" in change.content.decode()  # among the next runs
+    job_page = admin_client.get(
+        reverse("admin:container_manager_containerjob_change", args=[job.pk])
+    )
+    assert "hourly-report</a>, due 2026-06-01 13:00" in job_page.content.decode()
+
+
+@pytest.mark.django_db
+def test_the_admin_refuses_a_bad_job_spec_on_its_field(moved_clock, admin_client):
+    form = {
+        "name": "bad",
+        "job_spec": json.dumps({"image": "x", "memory_limit": -1}),
+        "cron": "* * * * *",
+        "time_zone": "UTC",
+        "missed_runs": "run_once",
+        "concurrency": "allow",
+        "successful_runs_to_keep": 3,
+        "failed_runs_to_keep": 1,
+    }
+    page = admin_client.post(reverse("admin:container_manager_schedule_add"), form)
+    assert page.status_code == 200
+    assert "memory_limit: Ensure this value is greater than or equal to" in page.content.decode()
+    assert not Schedule.objects.exists()
+
+    form["job_spec"] = json.dumps({"image": "x", "env": {"DB_PASSWORD": "pw"}})
+    admin_client.post(reverse("admin:container_manager_schedule_add"), form)
+    schedule = Schedule.objects.get()
+    assert schedule.next_run_at == utc(2026, 6, 1, 12, 1)
+    assert schedule.job_spec["env"]["DB_PASSWORD"] != "pw"  # sealed
+    assert schedule.created_by.username == "admin"
+
+
+# -- real worker processes -----------------------------------------------------------------
+
+
+@pytest.mark.processes
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+@pytest.mark.django_db(transaction=True)
+def test_four_worker_processes_stopped_and_started_fire_each_due_time_once(
+    moved_clock, worker_processes
+):
+    """Four `process_container_jobs` read the test's clock; it moves a minute at a time,
+    through the end of daylight saving time in New York, once the minute has its job. In
+    the middle every worker is stopped for ten minutes, then four start again."""
+    start = datetime(2026, 11, 1, 1, 50, tzinfo=NEW_YORK).astimezone(UTC)
+    moved_clock.set_to(start)
+    schedule = make_schedule(
+        cron="* * * * *",
+        time_zone="America/New_York",
+        job_spec={"image": "x", "host": "mock"},
+        successful_runs_to_keep=100,  # the workers run them: keep them all to count them
+    )
+    env = {"CONTAINER_MANAGER_SETTINGS": json.dumps(clock.SETTINGS)}
+
+    def start_workers():
+        for _ in range(4):
+            worker_processes.start("--poll-interval", "0.05", env=env)
+
+    def fire_at(minute):
+        moved_clock.set_to(minute + timedelta(seconds=rng.uniform(0, 30)))
+        deadline = time.monotonic() + 15
+        while Schedule.objects.get(pk=schedule.pk).next_run_at <= minute:
+            assert time.monotonic() < deadline, worker_processes.logs()[-3000:]
+            time.sleep(0.02)
+        fired_at.append(minute)
+
+    rng = random.Random(2)
+    fired_at = []
+    start_workers()
+    minutes = [start + timedelta(minutes=n) for n in range(1, 30)]
+    for minute in minutes[:14]:  # 01:51 EDT to 01:04 EST
+        fire_at(minute)
+    for proc in worker_processes.procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in worker_processes.procs:
+        assert proc.wait(30) == 0, worker_processes.logs()[-3000:]
+    start_workers()
+    # minutes[14:23] fall due with no worker running; the first look after makes one job.
+    for minute in minutes[23:]:
+        fire_at(minute)
+
+    assert runs(schedule) == fired_at
+    assert fired_at[14] == minutes[23]
+    # Seen from New York: 01:51 to 01:59 EDT, then the clocks go back: 01:00 to 01:04 EST.
+    local = [t.astimezone(NEW_YORK).strftime("%H:%M") for t in fired_at]
+    assert local[:14] == [f"01:{m}" for m in range(51, 60)] + [f"01:0{m}" for m in range(5)]

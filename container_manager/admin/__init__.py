@@ -10,6 +10,7 @@ from .hosts import (
 )
 from .jobs import ContainerJobAdmin
 from .overview import QueueOverviewAdmin
+from .schedules import ScheduleAdmin
 from .webhooks import WebhookDeliveryAdmin
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "JobArrayAdmin",
     "QueueOverviewAdmin",
     "RegistryCredentialAdmin",
+    "ScheduleAdmin",
     "WebhookDeliveryAdmin",
     "WorkerAdmin",
 ]

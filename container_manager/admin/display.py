@@ -106,6 +106,10 @@ def cpu_time(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f} s"
 
 
+def job_url(job_id) -> str:
+    return reverse("admin:container_manager_containerjob_change", args=[job_id])
+
+
 def array_url(array_id) -> str:
     return reverse("admin:container_manager_jobarray_change", args=[array_id])
 
@@ -127,4 +131,24 @@ def array_membership(job: ContainerJob) -> SafeString | str:
         array,
         job.array_index,
         array.size,
+    )
+
+
+def schedule_runs_url(schedule_id) -> str:
+    """The job list, showing only the runs a schedule made."""
+    changelist = reverse("admin:container_manager_containerjob_changelist")
+    return f"{changelist}?schedule__exact={schedule_id}"
+
+
+def schedule_run(job: ContainerJob) -> SafeString | str:
+    """The schedule that made ``job`` (a link) and the due time it ran for; "—" if none."""
+    if job.schedule_id is None:
+        return "—"
+    schedule = job.schedule
+    assert schedule is not None  # schedule_id says it has one
+    return format_html(
+        '<a href="{}">{}</a>, due {}',
+        reverse("admin:container_manager_schedule_change", args=[schedule.pk]),
+        schedule,
+        when(job.scheduled_run_at),
     )

@@ -462,6 +462,7 @@ class ContainerJobAdmin(admin.ModelAdmin):
             "hosts": ExecutorHost.objects.filter(is_active=True).order_by("name"),
             "live_url": reverse("admin:container_manager_containerjob_live", args=[job.pk]),
             "array": display.array_membership(job),
+            "schedule": display.schedule_run(job),
             "has_change_permission": False,
         }
         return TemplateResponse(

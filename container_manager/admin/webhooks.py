@@ -1,11 +1,11 @@
 """Admin for webhook deliveries: looked at, never edited; sent again on request."""
 
 from django.contrib import admin, messages
-from django.urls import reverse
 from django.utils.html import format_html
 
 from .. import webhooks
 from ..models import WebhookDelivery
+from . import display
 
 
 @admin.register(WebhookDelivery)
@@ -43,7 +43,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     @admin.display(description="job", ordering="job")
     def job_link(self, delivery):
-        target = reverse("admin:container_manager_containerjob_change", args=[delivery.job_id])
+        target = display.job_url(delivery.job_id)
         return format_html('<a href="{}">{}</a>', target, str(delivery.job))
 
     @admin.display(description="last answer")

@@ -1,5 +1,5 @@
 """Operate jobs from a shell: create, list, show, logs, release, cancel, retry, the hosts, many
-jobs at once (bulk) and job arrays.
+jobs at once (bulk), job arrays and schedules.
 
 A thin layer: arguments are parsed here, the work is done by ``container_manager.api`` and
 the models, and the result is printed for people or, with ``--json``, for scripts (the JSON
@@ -24,11 +24,11 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from container_manager import api
+from container_manager import api, scheduling
 from container_manager import bulk_operations as bulk
 from container_manager.executors import ExecutorError
 from container_manager.fields import short_repr
-from container_manager.models import ContainerJob, ExecutorHost, JobArray, as_job_id
+from container_manager.models import ContainerJob, ExecutorHost, JobArray, Schedule, as_job_id
 from container_manager.output import decode_output, split_incomplete_utf8
 from container_manager.routing import describe_request
 from container_manager.secrets import SecretError
@@ -36,6 +36,7 @@ from container_manager.serializers import (
     array_to_dict,
     host_to_dict,
     job_to_dict,
+    schedule_to_dict,
     validation_error_lines,
 )
 from container_manager.states import TERMINAL, InvalidTransition, JobStatus
@@ -98,6 +99,12 @@ RETRY = ("container_manager.retry_containerjob", "retry jobs")
 RELEASE = ("container_manager.change_containerjob", "release jobs")
 CHECK_HOSTS = ("container_manager.change_executorhost", "check hosts")
 REVEAL = ("container_manager.reveal_secrets", "reveal secrets")
+SCHEDULE_PERMISSIONS = {
+    "add": ("container_manager.add_schedule", "add schedules"),
+    "pause": ("container_manager.change_schedule", "pause schedules"),
+    "resume": ("container_manager.change_schedule", "resume schedules"),
+    "remove": ("container_manager.delete_schedule", "remove schedules"),
+}
 # Moving a job that has not run to another host changes it, as editing it would.
 REROUTE = ("container_manager.change_containerjob", "reroute jobs")
 DELETE = ("container_manager.delete_containerjob", "delete jobs")
@@ -184,6 +191,29 @@ class Command(BaseCommand):
         "Run 'manage_container_job SUBCOMMAND --help' for each subcommand's options."
     )
 
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parse_args = parser.parse_args
+
+        def parse_with_argv_after_double_dash(args=None, namespace=None):
+            """Everything after the first ``--`` is the job's argv, as it is. argparse alone
+            strips ``--`` at the first level of subcommands only, so under ``schedule add``
+            an argv like ``sh -c ...`` would be read as options."""
+            args = list(sys.argv[2:] if args is None else args)
+            if "--" not in args:
+                return parse_args(args, namespace)
+            cut = args.index("--")
+            options = parse_args(args[:cut], namespace)
+            if not hasattr(options, "argv"):
+                parser.error(f"this subcommand takes no argv after '--': {args[cut + 1 :]}")
+            if options.argv:
+                parser.error(f"give the argv after '--' only, not before it: {options.argv}")
+            options.argv = args[cut + 1 :]
+            return options
+
+        parser.parse_args = parse_with_argv_after_double_dash  # type: ignore[method-assign]
+        return parser
+
     def add_arguments(self, parser):
         user_help = (
             "Act as this user: the subcommand needs that user's permission (create: "
@@ -202,51 +232,7 @@ class Command(BaseCommand):
             description="Create a job. The command is an argv list after '--', passed to the "
             "container as it is (no shell unless you run one, e.g. -- sh -c '...').",
         )
-        create.add_argument("--image", required=True, help="Image to run, e.g. alpine:3.20.")
-        create.add_argument(
-            "--host", help="Executor host name (default: chosen by routing among active hosts)."
-        )
-        create.add_argument(
-            "--executor-type",
-            help="Routing: only hosts of this executor type (docker, mock, ...).",
-        )
-        create.add_argument(
-            "--label",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="Routing: only hosts with this label (repeatable).",
-        )
-        create.add_argument("--name", help="A name for people.")
-        create.add_argument(
-            "--env",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="An environment variable, on top of the template's (repeatable). Values of "
-            "names matching SECRET_ENV_PATTERNS are stored encrypted and shown masked.",
-        )
-        create.add_argument(
-            "--secret",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="A variable whose value is secret whatever its name: stored encrypted, "
-            "shown masked (repeatable). Beware: command lines can be seen by other users "
-            "of this machine.",
-        )
-        create.add_argument("--env-template", metavar="NAME", help="Environment template name.")
-        create.add_argument("--memory", type=int, metavar="MB", help="Memory limit in MB.")
-        create.add_argument("--cpus", type=float, metavar="N", help="CPU limit in cores.")
-        create.add_argument(
-            "--gpus", type=int, metavar="N", help="GPUs the job needs (at most MAX_GPUS)."
-        )
-        create.add_argument("--timeout", type=int, metavar="S", help="Timeout in seconds.")
-        create.add_argument("--priority", type=int, metavar="P", help="Higher runs first.")
-        create.add_argument("--max-attempts", type=int, metavar="N", help="Tries before giving up.")
-        create.add_argument(
-            "--webhook-url", metavar="URL", help="POSTed to, signed, when the job ends."
-        )
+        self._add_job_options(create)
         create.add_argument(
             "--hold", action="store_true", help="Create it pending: it is not run until queued."
         )
@@ -265,30 +251,7 @@ class Command(BaseCommand):
             "JOB_ARRAY_INDEX (0 to N-1) and JOB_ARRAY_SIZE in its environment.",
         )
         self._parallelism_option(create)
-        confinement = create.add_argument_group(
-            "confinement", "Beyond the safe defaults; each must be allowed by the container policy."
-        )
-        confinement.add_argument("--run-as", metavar="USER[:GROUP]", help="User to run as.")
-        confinement.add_argument(
-            "--read-only-root", action="store_true", help="Mount the root filesystem read-only."
-        )
-        confinement.add_argument(
-            "--cap-add", action="append", default=[], metavar="CAP", help="Add a capability."
-        )
-        confinement.add_argument(
-            "--mount",
-            action="append",
-            default=[],
-            metavar="SRC:DST[:ro|rw]",
-            help="Bind-mount a host path (read-only unless :rw).",
-        )
-        confinement.add_argument("--privileged", action="store_true")
-        confinement.add_argument("--host-network", action="store_true")
-        confinement.add_argument("--host-pid", action="store_true")
         self._json_flag(create)
-        create.add_argument(
-            "argv", nargs="*", metavar="-- ARGV", help="The command (default: the image's)."
-        )
 
         listing = sub.add_parser("list", help="List jobs, newest first.")
         listing.add_argument("--status", choices=JobStatus.values)
@@ -350,9 +313,10 @@ class Command(BaseCommand):
 
         bulk_actions = self._add_bulk_arguments(sub)
         array_actions = self._add_array_arguments(sub)
+        schedule_actions = self._add_schedule_arguments(sub)
 
         # --user may also follow the subcommand; it is one option either way.
-        for subparser in [*sub.choices.values(), *bulk_actions, *array_actions]:
+        for subparser in [*sub.choices.values(), *bulk_actions, *array_actions, *schedule_actions]:
             subparser.add_argument(
                 "--user", metavar="USERNAME", default=argparse.SUPPRESS, help=user_help
             )
@@ -438,6 +402,145 @@ class Command(BaseCommand):
         )
         return list(actions.choices.values())
 
+    @staticmethod
+    def _add_job_options(parser):
+        """What a job is (image, argv, host, environment, limits, confinement): the options
+        of ``create`` and ``schedule add``."""
+        parser.add_argument("--image", required=True, help="Image to run, e.g. alpine:3.20.")
+        parser.add_argument(
+            "--host", help="Executor host name (default: chosen by routing among active hosts)."
+        )
+        parser.add_argument(
+            "--executor-type",
+            help="Routing: only hosts of this executor type (docker, mock, ...).",
+        )
+        parser.add_argument(
+            "--label",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="Routing: only hosts with this label (repeatable).",
+        )
+        parser.add_argument("--name", help="A name for people.")
+        parser.add_argument(
+            "--env",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="An environment variable, on top of the template's (repeatable). Values of "
+            "names matching SECRET_ENV_PATTERNS are stored encrypted and shown masked.",
+        )
+        parser.add_argument(
+            "--secret",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="A variable whose value is secret whatever its name: stored encrypted, "
+            "shown masked (repeatable). Beware: command lines can be seen by other users "
+            "of this machine.",
+        )
+        parser.add_argument("--env-template", metavar="NAME", help="Environment template name.")
+        parser.add_argument("--memory", type=int, metavar="MB", help="Memory limit in MB.")
+        parser.add_argument("--cpus", type=float, metavar="N", help="CPU limit in cores.")
+        parser.add_argument(
+            "--gpus", type=int, metavar="N", help="GPUs the job needs (at most MAX_GPUS)."
+        )
+        parser.add_argument("--timeout", type=int, metavar="S", help="Timeout in seconds.")
+        parser.add_argument("--priority", type=int, metavar="P", help="Higher runs first.")
+        parser.add_argument("--max-attempts", type=int, metavar="N", help="Tries before giving up.")
+        parser.add_argument(
+            "--webhook-url", metavar="URL", help="POSTed to, signed, when the job ends."
+        )
+        confinement = parser.add_argument_group(
+            "confinement", "Beyond the safe defaults; each must be allowed by the container policy."
+        )
+        confinement.add_argument("--run-as", metavar="USER[:GROUP]", help="User to run as.")
+        confinement.add_argument(
+            "--read-only-root", action="store_true", help="Mount the root filesystem read-only."
+        )
+        confinement.add_argument(
+            "--cap-add", action="append", default=[], metavar="CAP", help="Add a capability."
+        )
+        confinement.add_argument(
+            "--mount",
+            action="append",
+            default=[],
+            metavar="SRC:DST[:ro|rw]",
+            help="Bind-mount a host path (read-only unless :rw).",
+        )
+        confinement.add_argument("--privileged", action="store_true")
+        confinement.add_argument("--host-network", action="store_true")
+        confinement.add_argument("--host-pid", action="store_true")
+        parser.add_argument(
+            "argv", nargs="*", metavar="-- ARGV", help="The command (default: the image's)."
+        )
+
+    def _add_schedule_arguments(self, sub) -> list:
+        """The ``schedule`` subcommand; returns its actions' parsers."""
+        schedule_parser = sub.add_parser(
+            "schedule",
+            help="Add, list, show, pause, resume or remove schedules.",
+            description="A schedule makes a job at each due time of a cron expression (read in "
+            "its time zone) or interval, exactly once however many workers run. Workers fire "
+            "them; see the README, Schedules.",
+        )
+        actions = schedule_parser.add_subparsers(
+            dest="schedule_action", required=True, metavar="ACTION"
+        )
+        add = actions.add_parser(
+            "add",
+            help="Add a schedule: when, what to do about missed and overlapping runs, and the "
+            "job (create's options).",
+            description="Add a schedule. Its job is given as to 'create': --image, options, "
+            "and the argv after '--'.",
+        )
+        add.add_argument("schedule_name", metavar="NAME")
+        when = add.add_mutually_exclusive_group(required=True)
+        when.add_argument("--cron", metavar="EXPR", help='Five fields, e.g. "0 3 * * *".')
+        when.add_argument("--every", type=positive_int, metavar="SECONDS", help="An interval.")
+        add.add_argument(
+            "--time-zone", default="UTC", metavar="ZONE", help="For --cron (default UTC)."
+        )
+        add.add_argument(
+            "--missed-runs",
+            choices=Schedule.MissedRuns.values,
+            default=Schedule.MissedRuns.RUN_ONCE,
+            help="After due times went by with no worker running: one run for the latest "
+            "(run_once, the default) or none (skip).",
+        )
+        add.add_argument(
+            "--starting-deadline",
+            type=positive_int,
+            metavar="S",
+            help="A due time more than S seconds past is not run (default: never too late).",
+        )
+        add.add_argument(
+            "--concurrency",
+            choices=Schedule.Concurrency.values,
+            default=Schedule.Concurrency.ALLOW,
+            help="While the previous run is unfinished: allow another (default), forbid it "
+            "(skip the due time) or replace (cancel the previous one).",
+        )
+        add.add_argument("--keep-successful", type=int, metavar="N", help="Completed runs kept.")
+        add.add_argument("--keep-failed", type=int, metavar="N", help="Unsuccessful runs kept.")
+        add.add_argument("--paused", action="store_true", help="Add it paused.")
+        self._add_job_options(add)
+        self._json_flag(add)
+        listing = actions.add_parser("list", help="Every schedule: when, next and last run.")
+        self._json_flag(listing)
+        described = {
+            "show": "A schedule, its next due times and its latest runs.",
+            "pause": "Make no more jobs until resumed.",
+            "resume": "Make jobs again from the next due time (what fell due while paused is "
+            "not caught up).",
+            "remove": "Delete a schedule; the jobs it made stay.",
+        }
+        for name, text in described.items():
+            one = actions.add_parser(name, help=text, description=text)
+            one.add_argument("schedule_name", metavar="NAME")
+            self._json_flag(one)
+        return list(actions.choices.values())
+
     def _list_options(self, parser, what: str):
         parser.add_argument(
             "--limit",
@@ -507,6 +610,8 @@ class Command(BaseCommand):
             needed.append(ADD if action == "create" else BULK_ACTIONS[action].permission)
         if subcommand == "array" and options["array_action"] in ("cancel", "retry"):
             needed.append(by_subcommand[options["array_action"]])
+        if subcommand == "schedule" and options["schedule_action"] in SCHEDULE_PERMISSIONS:
+            needed.append(SCHEDULE_PERMISSIONS[options["schedule_action"]])
         if subcommand == "hosts" and options.get("check"):
             needed.append(CHECK_HOSTS)
         if subcommand == "show" and options.get("reveal_secrets"):
@@ -548,14 +653,15 @@ class Command(BaseCommand):
 
     # -- subcommands ---------------------------------------------------------------------
 
-    def handle_create(self, options):
+    @staticmethod
+    def job_arguments(options) -> dict:
+        """``create_job``'s keyword arguments from the job options (``_add_job_options``);
+        only those given, so the settings' defaults apply to the rest."""
         fields = {
             field: options[option]
             for option, field in CREATE_FIELDS.items()
             if options[option] is not None
         }
-        if options["acting_user"] is not None:
-            fields["created_by"] = options["acting_user"]
         fields.update({switch: True for switch in CONFINEMENT_SWITCHES if options[switch]})
         if options["cap_add"]:
             fields["capabilities"] = options["cap_add"]
@@ -563,14 +669,18 @@ class Command(BaseCommand):
             fields["mounts"] = [parse_mount(text) for text in options["mount"]]
         if options["label"]:
             fields["host_labels"] = parse_env(options["label"], "host_labels")
-        arguments = {
+        given = {
             "host": options["host"],
             "env": parse_env(options["env"]),
             "secrets": parse_env(options["secret"], "secrets"),
             "env_template": options["env_template"],
-            "hold": options["hold"],
-            **fields,
         }
+        return {**{key: value for key, value in given.items() if value}, **fields}
+
+    def handle_create(self, options):
+        arguments = {**self.job_arguments(options), "hold": options["hold"]}
+        if options["acting_user"] is not None:
+            arguments["created_by"] = options["acting_user"]
         if options["array"] is not None:
             self.create_array(options, arguments)
             return
@@ -978,6 +1088,115 @@ class Command(BaseCommand):
             self.stdout.write(summary + ".")
 
     # -- arrays --------------------------------------------------------------------------
+
+    def handle_schedule(self, options):
+        action = options["schedule_action"]
+        if action == "add":
+            self.schedule_add(options)
+            return
+        if action == "list":
+            self.schedule_list(options)
+            return
+        schedule = self.get_schedule(options["schedule_name"])
+        if action == "pause":
+            scheduling.pause(schedule)
+        elif action == "resume":
+            scheduling.resume(schedule)
+        elif action == "remove":
+            schedule.delete()
+            if options["as_json"]:
+                self.write_json({"removed": options["schedule_name"]})
+            else:
+                self.stdout.write(f"Removed schedule {options['schedule_name']!r}.")
+            return
+        self.schedule_show(schedule, options)
+
+    def get_schedule(self, name: str) -> Schedule:
+        try:
+            return Schedule.objects.get(name=name)
+        except Schedule.DoesNotExist:
+            raise CommandError(f"no schedule named {name!r}") from None
+
+    def schedule_add(self, options):
+        spec = {
+            "image": options["image"],
+            "command": options["argv"],
+            **self.job_arguments(options),
+        }
+        limits = {
+            "successful_runs_to_keep": options["keep_successful"],
+            "failed_runs_to_keep": options["keep_failed"],
+        }
+        schedule = scheduling.save_schedule(
+            Schedule(
+                name=options["schedule_name"],
+                cron=options["cron"] or "",
+                interval_seconds=options["every"],
+                time_zone=options["time_zone"],
+                missed_runs=options["missed_runs"],
+                starting_deadline_seconds=options["starting_deadline"],
+                concurrency=options["concurrency"],
+                paused=options["paused"],
+                created_by=options["acting_user"],
+                job_spec=spec,
+                **{field: value for field, value in limits.items() if value is not None},
+            )
+        )
+        self.schedule_show(schedule, options)
+
+    def schedule_list(self, options):
+        schedules = list(Schedule.objects.all())
+        if options["as_json"]:
+            self.write_json([schedule_to_dict(schedule) for schedule in schedules])
+            return
+        if not schedules:
+            self.stdout.write("No schedules.")
+            return
+        rows = []
+        for schedule in schedules:
+            last = schedule.last_run()
+            rows.append(
+                [
+                    clip(schedule.name, 30),
+                    clip(schedule.every, 40),
+                    "paused" if schedule.paused else when(schedule.next_run_at),
+                    when(schedule.last_run_at) if schedule.last_run_at else "-",
+                    last.status if last else "-",
+                ]
+            )
+        for line in table(["NAME", "WHEN", "NEXT RUN", "LAST RUN", "LAST OUTCOME"], rows):
+            self.stdout.write(line)
+
+    def schedule_show(self, schedule: Schedule, options):
+        data = schedule_to_dict(schedule, upcoming=3)
+        if options["as_json"]:
+            self.write_json(data)
+            return
+        last = data["last_run"]
+        lines = [
+            ("Schedule", schedule.name),
+            ("When", schedule.every),
+            (
+                "Next runs",
+                "paused"
+                if schedule.paused
+                else ", ".join(when(moment) for moment in schedule.upcoming(3)),
+            ),
+            ("Missed runs", schedule.missed_runs),
+            ("Concurrency", schedule.concurrency),
+            (
+                "Last run",
+                f"{when(schedule.last_run_at)}: job {last['job_id']} ({last['status']})"
+                if last and schedule.last_run_at
+                else "-",
+            ),
+        ]
+        if schedule.starting_deadline_seconds is not None:
+            lines.append(("Starting deadline", f"{schedule.starting_deadline_seconds} s"))
+        if schedule.last_skip_reason:
+            lines.append(("Last skipped", schedule.last_skip_reason))
+        for label, value in lines:
+            self.stdout.write(f"{label}: {value}")
 
     def handle_array(self, options):
         getattr(self, f"array_{options['array_action']}")(options)
