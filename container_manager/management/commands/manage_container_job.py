@@ -391,10 +391,7 @@ class Command(BaseCommand):
             "stop them).",
             "retry": "Queue again the members that failed, timed out or were cancelled.",
         }
-        for name, text in described.items():
-            one = actions.add_parser(name, help=text, description=text)
-            one.add_argument("array_id", metavar="ARRAY_ID")
-            self._json_flag(one)
+        self._add_actions_on_one(actions, described, "array_id", "ARRAY_ID")
         actions.choices["retry"].add_argument(
             "--failed-only",
             action="store_true",
@@ -535,11 +532,15 @@ class Command(BaseCommand):
             "not caught up).",
             "remove": "Delete a schedule; the jobs it made stay.",
         }
+        self._add_actions_on_one(actions, described, "schedule_name", "NAME")
+        return list(actions.choices.values())
+
+    def _add_actions_on_one(self, actions, described: dict[str, str], dest: str, metavar: str):
+        """An action per ``described`` name (its help), each on one thing named by ``dest``."""
         for name, text in described.items():
             one = actions.add_parser(name, help=text, description=text)
-            one.add_argument("schedule_name", metavar="NAME")
+            one.add_argument(dest, metavar=metavar)
             self._json_flag(one)
-        return list(actions.choices.values())
 
     def _list_options(self, parser, what: str):
         parser.add_argument(
