@@ -165,6 +165,29 @@ def test_a_due_time_that_has_its_job_already_is_not_fired_again(moved_clock):
     assert schedule.next_run_at == utc(2026, 6, 1, 12, 2)  # and the schedule goes on
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_firing_that_dies_half_way_leaves_nothing_and_the_next_one_fires(
+    moved_clock, monkeypatch
+):
+    """As if the worker died (or the database went away) after the job's INSERT and before
+    the commit: the job and the cursor's move are one transaction."""
+    schedule = make_schedule()
+    moved_clock.set_to(utc(2026, 6, 1, 12, 1, 5))
+
+    def die(schedule):
+        raise ConnectionError("the worker died here")
+
+    keep_history = scheduling._keep_history
+    monkeypatch.setattr(scheduling, "_keep_history", die)
+    with pytest.raises(ConnectionError):
+        scheduling.fire_due_schedules()
+    assert runs(schedule) == []
+    assert Schedule.objects.get().next_run_at == utc(2026, 6, 1, 12, 1)
+    monkeypatch.setattr(scheduling, "_keep_history", keep_history)
+    assert scheduling.fire_due_schedules() == 1
+    assert runs(schedule) == [utc(2026, 6, 1, 12, 1)]
+
+
 @pytest.mark.django_db
 def test_missed_due_times_run_once_for_the_latest(moved_clock):
     schedule = make_schedule(missed_runs="run_once")
