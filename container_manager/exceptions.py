@@ -46,3 +46,8 @@ class SecretError(ContainerManagerError):
 
 class PolicyViolation(ValidationError, ContainerManagerError):
     """A job asks for something the container policy does not allow ({field: message})."""
+
+
+class ContainerTaskError(ContainerManagerError):
+    """A task's container ended without a result: it failed, timed out, was cancelled or
+    printed none (the Tasks backend's error when the task itself raised nothing)."""

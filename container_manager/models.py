@@ -690,8 +690,9 @@ class ContainerJob(fields.CheckedModel):
         return shlex.join(command)
 
     @classmethod
-    def from_db(cls, db, field_names, values):
-        instance = super().from_db(db, field_names, values)
+    def from_db(cls, db, field_names, values, *args, **kwargs):
+        # Django 6.1 passes ``fetch_mode`` too; 5.2 does not.
+        instance = super().from_db(db, field_names, values, *args, **kwargs)
         instance._loaded_status = instance.__dict__.get("status")
         return instance
 
