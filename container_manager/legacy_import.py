@@ -258,6 +258,8 @@ def _import_template(old: LegacyTemplate, report: ImportReport):
         report.note(row, f"not carried over: {_messages(error)}")
         return None
     template.save()
+    if old.created_by_id is not None:
+        report.note(row, "not carried: created_by (templates here have no owner)")
     EnvironmentVariableTemplate.objects.filter(pk=template.pk).update(created_at=old.created_at)
     report.templates += 1
     return template

@@ -108,6 +108,7 @@ def test_hosts_templates_and_jobs_carried_over_once(legacy_url):
     assert f"job {jobs['running']}: was running: imported as failed" in out
     assert f"job {jobs['pending']}: not carried: description" in out
     assert f"job {jobs['completed']}: not carried: cpu_usage_percent" in out
+    assert "template 'base': not carried: created_by" in out
 
     ours = dump(legacy_url)
     assert ours["hosts"] == {
