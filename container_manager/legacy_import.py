@@ -18,6 +18,7 @@ from .envfile import parse_env_text
 from .executors import get_executor_class
 from .legacy_schema import LEGACY_TABLES, TABLES_1X, LegacySchemaError
 from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost, JobAttempt
+from .serializers import validation_error_lines
 from .states import ACTIVE, JobStatus
 
 # The old statuses and ours. Jobs the old worker held (launching, running) are not followed:
@@ -142,9 +143,7 @@ class ImportReport:
 
 
 def _messages(error: ValidationError) -> str:
-    if hasattr(error, "error_dict"):
-        return "; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in error.message_dict.items())
-    return " ".join(error.messages)
+    return "; ".join(validation_error_lines(error))
 
 
 # -- refusing what cannot be imported ----------------------------------------------------
