@@ -3,7 +3,7 @@ virtualenv (``var/bench/dcm-venv``) in the throwaway project bench/run.py writes
 ``var/bench/dcm-project`` (it shares our app label, ``container_manager``, so it can never
 live in our virtualenv).
 
-    DJANGO_SETTINGS_MODULE=dcm_settings BENCH_PG_URL=postgres://... python dcm_driver.py COMMAND
+    DJANGO_SETTINGS_MODULE=dcm_settings DCM_DATABASE_URL=postgres://... python dcm_driver.py COMMAND
 
 COMMAND is ``setup`` (migrate, create the Docker host), ``worker`` (its --legacy-mode
 worker: its default queue mode does not complete jobs), ``seq --jobs N`` or
