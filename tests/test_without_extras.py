@@ -39,6 +39,9 @@ SCRIPT = textwrap.dedent(
         host = ExecutorHost.objects.create(name=type_name, executor_type=type_name)
         health = host.check_health()
         print(type_name, health.healthy, health.message)
+    from django.core import checks
+    for message in checks.run_checks(databases=["default"]):
+        print("CHECK", message.id, message.msg)
     """
 )
 
@@ -53,7 +56,12 @@ def test_without_cloud_clients_the_app_imports_and_cloud_hosts_name_their_extra(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    for line in lines:
+    # `manage.py check --database default` names each such host and its extra.
+    reported = [line for line in lines if line.startswith("CHECK ")]
+    assert len(reported) == 3, reported
+    for line in reported:
+        assert line.startswith("CHECK container_manager.E007 executor host "), line
+    for line in set(lines) - set(reported):
         type_name, healthy, message = line.split(" ", 2)
         assert healthy == "False", line
         assert f"django-container-jobs[{type_name}]" in message, line
