@@ -28,6 +28,7 @@ from container_manager import bulk_operations as bulk
 from container_manager.executors import ExecutorError
 from container_manager.fields import short_repr
 from container_manager.models import ContainerJob, ExecutorHost, JobArray, Schedule, as_job_id
+from container_manager.permissions import ADD, CANCEL, RETRY, REVEAL, Needed, refusal
 from container_manager.routing import describe_request
 from container_manager.secrets import SecretError
 from container_manager.serializers import (
@@ -88,13 +89,9 @@ positive_int.__name__ = "positive integer"  # what argparse calls it in its erro
 
 
 # What a user given with --user needs for a subcommand: (permission, what it lets them do).
-ADD = ("container_manager.add_containerjob", "create jobs")
-CANCEL = ("container_manager.cancel_containerjob", "cancel jobs")
-RETRY = ("container_manager.retry_containerjob", "retry jobs")
 # No permission of its own (one would need a migration): releasing changes a held job.
 RELEASE = ("container_manager.change_containerjob", "release jobs")
 CHECK_HOSTS = ("container_manager.change_executorhost", "check hosts")
-REVEAL = ("container_manager.reveal_secrets", "reveal secrets")
 SCHEDULE_PERMISSIONS = {
     "add": ("container_manager.add_schedule", "add schedules"),
     "pause": ("container_manager.change_schedule", "pause schedules"),
@@ -569,10 +566,8 @@ class Command(BaseCommand):
                     "--reveal-secrets needs --user USERNAME, a user with "
                     f"{permission}; the operator's rights do not include it"
                 )
-            if user is not None and not user.has_perm(permission):
-                raise CommandError(
-                    f"user {user.get_username()!r} may not {doing} (needs {permission})"
-                )
+            if user is not None and (refused := refusal(user, Needed(permission, doing))):
+                raise CommandError(refused)
         handler = getattr(self, f"handle_{options['subcommand']}")
         try:
             handler(options)
