@@ -5,8 +5,10 @@ The CLI and the admin are thin layers over these functions.
 """
 
 import copy
+import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -15,8 +17,10 @@ from django.utils import timezone
 
 from . import envfile, limits, notify
 from . import secrets as sealing
+from .exceptions import ExecutorError
 from .fields import NUL_MESSAGE, short_repr
 from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost, as_job_id
+from .output import decode_output, split_incomplete_utf8
 from .routing import check_routable
 from .states import ACTIVE, RETRYABLE, JobStatus
 
@@ -426,3 +430,59 @@ def wait_for_job(job: ContainerJob, timeout: float | None = None, interval: floa
             pause(left)
             job.refresh_from_db()
     return job
+
+
+logger = logging.getLogger(__name__)
+
+# How often a follower looks at a job that has not started (or cannot be streamed).
+FOLLOW_POLL_SECONDS = 0.5
+
+
+def stored_output(job: ContainerJob, streams=("stdout", "stderr")) -> Iterator[str]:
+    """The output a worker stored for ``job``: each stream's text, a line apart."""
+    texts = [getattr(job, stream) for stream in streams if getattr(job, stream)]
+    for number, text in enumerate(texts, start=1):
+        yield text
+        if number < len(texts) and not text.endswith("\n"):
+            yield "\n"
+
+
+def follow_output(
+    job: ContainerJob,
+    poll: float = FOLLOW_POLL_SECONDS,
+    say: Callable[[str], None] = logger.info,
+) -> Iterator[str]:
+    """What ``job`` prints (stdout and stderr together), as text, as it is printed, until
+    it ends. A job that has not started is waited for; one that has ended, or that its
+    executor cannot stream (cleaned up already, or seen only by another process), gives its
+    stored output once it ends. ``say`` hears why nothing comes for a while.
+
+    Bytes are decoded as they are stored (``decode_output``), a character cut between two
+    chunks decoded whole. Raises ExecutorError if streaming fails after output was given.
+    """
+    if not job.is_terminal and job.status != JobStatus.RUNNING:
+        say(f"Waiting for job {job.pk} to start (it is {job.status})...")
+    while not job.is_terminal and job.status != JobStatus.RUNNING:
+        time.sleep(poll)
+        job.refresh_from_db()
+    execution_id = job.get_execution_identifier()
+    if job.is_terminal or not job.host or not execution_id:
+        yield from stored_output(job)
+        return
+    streamed = False
+    pending = b""
+    try:
+        for chunk in job.host.get_executor().stream_logs(execution_id, follow=True):
+            complete, pending = split_incomplete_utf8(pending + chunk)
+            if complete:
+                streamed = True
+                yield decode_output(complete)
+    except ExecutorError as error:
+        if streamed:
+            raise
+        say(f"Cannot stream from the executor ({error}); waiting for the job.")
+    if pending:
+        streamed = True
+        yield decode_output(pending)
+    if not streamed:
+        yield from stored_output(wait_for_job(job, interval=poll))

@@ -8,6 +8,8 @@ import uuid
 import zoneinfo
 from contextlib import nullcontext
 from datetime import UTC, timedelta
+from hashlib import sha256
+from secrets import token_urlsafe
 from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import urlsplit
 
@@ -1284,3 +1286,54 @@ class QueueOverview(ContainerJob):
         proxy = True
         verbose_name = verbose_name_plural = "queue overview"
         default_permissions = ()
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def issue(self, user, name: str = "") -> tuple["ApiToken", str]:
+        """A new token for ``user``: (the row, the token itself). Only its hash is stored:
+        the token is shown once, to whoever asked for it."""
+        token = TOKEN_PREFIX + token_urlsafe(32)
+        row = self.create(user=user, name=name, key_hash=ApiToken.hash(token), prefix=token[:12])
+        return row, token
+
+    def user_for(self, token: str):
+        """The active user ``token`` authenticates, or None; marks the token used."""
+        found = self.select_related("user").filter(key_hash=ApiToken.hash(token)).first()
+        if found is None or not found.user.is_active:
+            return None
+        self.filter(pk=found.pk).update(last_used_at=timezone.now())
+        return found.user
+
+
+# Tokens start with this, so a leaked one is recognisable (secret scanners, logs).
+TOKEN_PREFIX = "cmj_"
+
+
+class ApiToken(models.Model):
+    """A bearer token of the HTTP API: whoever presents it acts as its user, with that
+    user's permissions. Stored hashed (SHA-256: the token is 32 random bytes, so a slow
+    hash would add nothing); delete the row to revoke it."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="container_api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True, help_text="What it is for.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(
+        max_length=12, editable=False, help_text="The token's first characters, to tell it apart."
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.user})"
+
+    @staticmethod
+    def hash(token: str) -> str:
+        return sha256(token.encode()).hexdigest()

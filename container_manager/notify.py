@@ -3,11 +3,12 @@ LISTENs on a connection of its own) and when a job ends (``job_endings``, for ca
 on a job). Polling stays the fallback (and is all SQLite has).
 """
 
+import asyncio
 import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from django.db import connections
@@ -86,13 +87,18 @@ install_ended_trigger = on_postgresql(ENDED_TRIGGER_SQL)
 drop_ended_trigger = on_postgresql(DROP_ENDED_TRIGGER_SQL)
 
 
-def _listening_connection(alias: str, channel: str):
-    import psycopg
-
+def _connection_params(alias: str) -> dict:
+    """What psycopg needs to open a connection of its own to database ``alias``."""
     params = connections[alias].get_connection_params()
     params.pop("cursor_factory", None)
     params.pop("context", None)
-    conn = psycopg.connect(**params, autocommit=True)
+    return params
+
+
+def _listening_connection(alias: str, channel: str):
+    import psycopg
+
+    conn = psycopg.connect(**_connection_params(alias), autocommit=True)
     conn.execute(f"LISTEN {channel}")
     return conn
 
@@ -132,6 +138,50 @@ def job_endings(job_id, poll: float, alias: str = "default") -> Iterator[Callabl
     finally:
         if conn is not None:
             conn.close()
+
+
+async def _async_listening_connection(alias: str, channel: str):
+    import psycopg
+
+    conn = await psycopg.AsyncConnection.connect(**_connection_params(alias), autocommit=True)
+    await conn.execute(f"LISTEN {channel}")
+    return conn
+
+
+@contextlib.asynccontextmanager
+async def async_job_endings(
+    job_id, poll: float, alias: str = "default"
+) -> AsyncIterator[Callable[[float], Awaitable[None]]]:
+    """``job_endings`` for a coroutine: an ``await pause(seconds)`` that returns early when
+    job ``job_id`` ends, on an asynchronous connection, so the event loop runs on meanwhile.
+    Listening starts on entering, before the caller first looks at the job."""
+    conn = None
+    if Listener.available(alias):
+        try:
+            conn = await _async_listening_connection(alias, ENDED_CHANNEL)
+        except Exception as error:  # noqa: BLE001 - polling still works
+            logger.warning("cannot listen for job endings (%s); polling", error)
+    wanted = str(job_id)
+
+    async def pause(seconds: float) -> None:
+        if conn is None:
+            await asyncio.sleep(max(0.0, min(seconds, poll)))
+            return
+        until = time.monotonic() + max(0.0, min(seconds, ENDED_RECHECK_SECONDS))
+        try:
+            while (left := until - time.monotonic()) > 0:
+                async for note in conn.notifies(timeout=left, stop_after=1):
+                    if note.payload == wanted:
+                        return
+        except Exception as error:  # noqa: BLE001 - the caller looks at the job again anyway
+            logger.warning("listening for job endings: %s", error)
+            await asyncio.sleep(max(0.0, until - time.monotonic()))
+
+    try:
+        yield pause
+    finally:
+        if conn is not None:
+            await conn.close()
 
 
 class Listener(threading.Thread):

@@ -11,9 +11,11 @@ from .hosts import (
 from .jobs import ContainerJobAdmin
 from .overview import QueueOverviewAdmin
 from .schedules import ScheduleAdmin
+from .tokens import ApiTokenAdmin
 from .webhooks import WebhookDeliveryAdmin
 
 __all__ = [
+    "ApiTokenAdmin",
     "ContainerJobAdmin",
     "EnvironmentVariableTemplateAdmin",
     "ExecutorHostAdmin",

@@ -129,6 +129,12 @@ class BaseExecutor:
         return []
 
     @classmethod
+    def missing_client(cls) -> str | None:
+        """Why this backend cannot run here: its client library (an extra) is not installed,
+        and how to install it; None when it can. Read by ``manage.py check``."""
+        return None
+
+    @classmethod
     def validate_host(cls, host: HostSpec) -> None:
         """Raise ValidationError ({field: message}) when the host's settings are unsafe or
         unusable for this backend (called when a host is validated). Nothing by default."""

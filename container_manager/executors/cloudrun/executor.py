@@ -68,6 +68,14 @@ class CloudRunExecutor(BaseExecutor):
         self._logging: Any = None
         self._lock = threading.Lock()
 
+    @classmethod
+    def missing_client(cls) -> str | None:
+        try:
+            run_v2()
+        except ExecutorUnavailable as error:
+            return str(error)
+        return None
+
     # -- configuration ----------------------------------------------------------------
 
     @classmethod

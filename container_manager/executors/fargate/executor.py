@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from ...exceptions import ExecutorError, HostError, HostRefused, LaunchError
+from ...exceptions import ExecutorError, ExecutorUnavailable, HostError, HostRefused, LaunchError
 from ...spec import ATTEMPT_LABEL, HOST_LABEL, JOB_ID_LABEL, MANAGED_LABEL, LaunchSpec
 from ..base import EXITED, NOT_FOUND, RUNNING, BaseExecutor, Health, Outcome
 from .connection import Clients, aws_errors, connect, error_code, load, translate
@@ -80,6 +80,14 @@ class FargateExecutor(BaseExecutor):
     status_poll_interval = DEFAULT_POLL_INTERVAL
     # Seconds after a task's stop before its log is read (see _let_logs_settle).
     log_settle_seconds: float = 5.0
+
+    @classmethod
+    def missing_client(cls) -> str | None:
+        try:
+            load("boto3")
+        except ExecutorUnavailable as error:
+            return str(error)
+        return None
 
     def __init__(self, host):
         super().__init__(host)

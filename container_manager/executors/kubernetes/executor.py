@@ -18,7 +18,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from ...exceptions import ExecutorError, HostError, LaunchError
+from ...exceptions import ExecutorError, ExecutorUnavailable, HostError, LaunchError
 from ...output import CappedOutput
 from ...spec import HostSpec, LaunchSpec
 from ..base import EXITED, NOT_FOUND, RUNNING, BaseExecutor, Health, Outcome
@@ -69,6 +69,14 @@ class KubernetesExecutor(BaseExecutor):
         # What stop() saw of executions it ended whose pod is gone since: {name: Outcome}.
         self._stopped: dict[str, Outcome] = {}
         self._state_lock = threading.Lock()
+
+    @classmethod
+    def missing_client(cls) -> str | None:
+        try:
+            kubernetes_client()
+        except ExecutorUnavailable as error:
+            return str(error)
+        return None
 
     # -- configuration ----------------------------------------------------------------
 

@@ -14,7 +14,6 @@ as the server's operator, with every right but revealing secrets.
 import argparse
 import json
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
@@ -29,7 +28,7 @@ from container_manager import bulk_operations as bulk
 from container_manager.executors import ExecutorError
 from container_manager.fields import short_repr
 from container_manager.models import ContainerJob, ExecutorHost, JobArray, Schedule, as_job_id
-from container_manager.output import decode_output, split_incomplete_utf8
+from container_manager.permissions import ADD, CANCEL, RETRY, REVEAL, Needed, refusal
 from container_manager.routing import describe_request
 from container_manager.secrets import SecretError
 from container_manager.serializers import (
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
     from container_manager.models import HostWithLoad
 
 DEFAULT_LIST_LIMIT = 50
-# How often ``logs --follow`` looks at a job that has not started (or cannot be streamed).
-FOLLOW_POLL_SECONDS = 0.5
 
 # create's options that are plain ContainerJob fields: option dest -> field name.
 CREATE_FIELDS = {
@@ -92,13 +89,9 @@ positive_int.__name__ = "positive integer"  # what argparse calls it in its erro
 
 
 # What a user given with --user needs for a subcommand: (permission, what it lets them do).
-ADD = ("container_manager.add_containerjob", "create jobs")
-CANCEL = ("container_manager.cancel_containerjob", "cancel jobs")
-RETRY = ("container_manager.retry_containerjob", "retry jobs")
 # No permission of its own (one would need a migration): releasing changes a held job.
 RELEASE = ("container_manager.change_containerjob", "release jobs")
 CHECK_HOSTS = ("container_manager.change_executorhost", "check hosts")
-REVEAL = ("container_manager.reveal_secrets", "reveal secrets")
 SCHEDULE_PERMISSIONS = {
     "add": ("container_manager.add_schedule", "add schedules"),
     "pause": ("container_manager.change_schedule", "pause schedules"),
@@ -573,10 +566,8 @@ class Command(BaseCommand):
                     "--reveal-secrets needs --user USERNAME, a user with "
                     f"{permission}; the operator's rights do not include it"
                 )
-            if user is not None and not user.has_perm(permission):
-                raise CommandError(
-                    f"user {user.get_username()!r} may not {doing} (needs {permission})"
-                )
+            if user is not None and (refused := refusal(user, Needed(permission, doing))):
+                raise CommandError(refused)
         handler = getattr(self, f"handle_{options['subcommand']}")
         try:
             handler(options)
@@ -905,44 +896,17 @@ class Command(BaseCommand):
             self.write_stored(job, streams)
 
     def write_stored(self, job, streams=("stdout", "stderr")):
-        texts = [getattr(job, stream) for stream in streams if getattr(job, stream)]
-        for number, text in enumerate(texts, start=1):
+        for text in api.stored_output(job, streams):
             self.stdout.write(text, ending="")
-            if number < len(texts) and not text.endswith("\n"):
-                self.stdout.write("\n", ending="")
 
     def follow(self, job):
         """Stream a running job's output until it ends; wait for one not running yet."""
-        if not job.is_terminal and job.status != JobStatus.RUNNING:
-            self.stderr.write(f"Waiting for job {job.pk} to start (it is {job.status})...")
-        while not job.is_terminal and job.status != JobStatus.RUNNING:
-            time.sleep(FOLLOW_POLL_SECONDS)
-            job.refresh_from_db()
-        if job.is_terminal or not job.host or not job.get_execution_identifier():
-            self.write_stored(job)
-            return
-        streamed = False
-        pending = b""
         try:
-            executor = job.host.get_executor()
-            for chunk in executor.stream_logs(job.get_execution_identifier(), follow=True):
-                complete, pending = split_incomplete_utf8(pending + chunk)
-                if complete:
-                    streamed = True
-                    self.stdout.write(decode_output(complete), ending="")
-                    self.stdout.flush()
+            for text in api.follow_output(job, say=self.stderr.write):
+                self.stdout.write(text, ending="")
+                self.stdout.flush()
         except ExecutorError as error:
-            if streamed:
-                raise CommandError(f"streaming the logs of job {job.pk} failed: {error}") from error
-            self.stderr.write(f"Cannot stream from the executor ({error}); waiting for the job.")
-        if pending:
-            streamed = True
-            self.stdout.write(decode_output(pending), ending="")
-        if not streamed:
-            # Nothing came from the executor (already cleaned up, or only another process
-            # can see it): the worker stores the output when the job ends.
-            job = api.wait_for_job(job, interval=FOLLOW_POLL_SECONDS)
-            self.write_stored(job)
+            raise CommandError(f"streaming the logs of job {job.pk} failed: {error}") from error
 
     def handle_release(self, options):
         # Every id is looked up first: a mistyped one releases nothing.
