@@ -436,7 +436,8 @@ def record_outcome(
     elif retry_at is not None:
         logger.info("job %s %s (%s); retry at %s", job.pk, status, error, retry_at.isoformat())
     else:
-        logger.info("job %s %s (exit code %s)", job.pk, status, outcome.exit_code)
+        said = f": {error}" if error else ""
+        logger.info("job %s %s (exit code %s)%s", job.pk, status, outcome.exit_code, said)
     return moved
 
 

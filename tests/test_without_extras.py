@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent(
     """
     import importlib.abc, os, sys
 
-    BLOCKED = ("google", "boto3", "botocore", "kubernetes", "moto")
+    BLOCKED = ("google", "boto3", "botocore", "kubernetes", "moto", "prometheus_client")
 
     class NotInstalled(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -39,6 +39,11 @@ SCRIPT = textwrap.dedent(
         host = ExecutorHost.objects.create(name=type_name, executor_type=type_name)
         health = host.check_health()
         print(type_name, health.healthy, health.message)
+    from container_manager import metrics
+    try:
+        metrics.registry()
+    except ImportError as error:
+        print("metrics", False, error)
     """
 )
 
