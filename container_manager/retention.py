@@ -2,8 +2,8 @@
 
 A job may keep megabytes of output, and the table grows with every job; ``prune_jobs``
 deletes the finished jobs older than an age (``manage.py prune_container_jobs``, or every day
-in a worker with ``RETENTION_DAYS``) and ``trim_output`` empties their stdout and stderr but
-keeps the record (``--trim-output``, ``RETENTION_TRIM_OUTPUT_DAYS``).
+in a worker with ``RETENTION_DAYS``), or with ``trim_output`` empties their stdout and stderr
+but keeps the record (``--trim-output``, ``RETENTION_TRIM_OUTPUT_DAYS``).
 
 Both walk the old jobs in order of ``finished_at`` (``cm_job_finished_idx``) in batches of
 ``batch_size``, each in a transaction of its own, so no lock is held for longer than one
@@ -100,45 +100,32 @@ def prune_jobs(
     *,
     statuses: Iterable[str] | None = None,
     keep_failed: bool = False,
+    trim_output: bool = False,
     dry_run: bool = False,
     batch_size: int = BATCH_SIZE,
     pause: float = 0.0,
 ) -> Progress:
     """Delete the finished jobs older than ``older_than`` (with their attempts), a batch per
-    transaction, sleeping ``pause`` seconds between batches; ``dry_run`` only counts them."""
-    jobs = deletable(finished_before(older_than, statuses, keep_failed))
+    transaction, sleeping ``pause`` seconds between batches. ``trim_output``: empty their
+    stored stdout and stderr instead, keeping the rest of their record. ``dry_run``: only
+    count them."""
+    jobs = finished_before(older_than, statuses, keep_failed)
+    if trim_output:
+        jobs, apply = jobs.exclude(stdout="", stderr=""), _trim
+    else:
+        jobs, apply = deletable(jobs), _delete
     if dry_run:
         return Progress(jobs=jobs.count())
-
-    def delete(batch: list) -> int:
-        locked = _lock(jobs.filter(pk__in=batch))
-        _total, by_model = ContainerJob.objects.filter(pk__in=locked).only("pk").delete()
-        return by_model.get(ContainerJob._meta.label, 0)
-
-    return _in_batches(jobs, delete, batch_size, pause)
+    return _in_batches(jobs, apply, batch_size, pause)
 
 
-def trim_output(
-    older_than: timedelta,
-    *,
-    statuses: Iterable[str] | None = None,
-    keep_failed: bool = False,
-    dry_run: bool = False,
-    batch_size: int = BATCH_SIZE,
-    pause: float = 0.0,
-) -> Progress:
-    """Empty the stored stdout and stderr of the finished jobs older than ``older_than``,
-    keeping the rest of their record; ``dry_run`` only counts them."""
-    jobs = finished_before(older_than, statuses, keep_failed).exclude(stdout="", stderr="")
-    if dry_run:
-        return Progress(jobs=jobs.count())
+def _delete(jobs: ContainerJobQuerySet) -> int:
+    _total, by_model = ContainerJob.objects.filter(pk__in=_lock(jobs)).only("pk").delete()
+    return by_model.get(ContainerJob._meta.label, 0)
 
-    def trim(batch: list) -> int:
-        return ContainerJob.objects.filter(pk__in=_lock(jobs.filter(pk__in=batch))).update(
-            stdout="", stderr=""
-        )
 
-    return _in_batches(jobs, trim, batch_size, pause)
+def _trim(jobs: ContainerJobQuerySet) -> int:
+    return ContainerJob.objects.filter(pk__in=_lock(jobs)).update(stdout="", stderr="")
 
 
 def _lock(jobs: ContainerJobQuerySet) -> list:
@@ -155,7 +142,7 @@ def _in_batches(jobs: ContainerJobQuerySet, apply, batch_size: int, pause: float
         if done.batches and pause:
             time.sleep(pause)
         with transaction.atomic():
-            done.jobs += apply(batch)
+            done.jobs += apply(jobs.filter(pk__in=batch))
         done.batches += 1
     return done
 
@@ -192,7 +179,7 @@ def apply_retention_settings(pause: float = 0.1) -> tuple[Progress, Progress]:
     trimmed and what was deleted. ``pause`` between batches leaves the database to others."""
     trimmed = deleted = Progress()
     if (days := setting("RETENTION_TRIM_OUTPUT_DAYS")) is not None:
-        trimmed = trim_output(timedelta(days=days), pause=pause)
+        trimmed = prune_jobs(timedelta(days=days), trim_output=True, pause=pause)
     if (days := setting("RETENTION_DAYS")) is not None:
         deleted = prune_jobs(timedelta(days=days), pause=pause)
     if trimmed.jobs or deleted.jobs or logger.isEnabledFor(logging.DEBUG):

@@ -80,12 +80,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        act = retention.trim_output if options["trim_output"] else retention.prune_jobs
         try:
-            done = act(
+            done = retention.prune_jobs(
                 options["older_than"],
                 statuses=options["statuses"],
                 keep_failed=options["keep_failed"],
+                trim_output=options["trim_output"],
                 dry_run=options["dry_run"],
                 batch_size=options["batch_size"],
                 pause=options["pause"],
