@@ -117,6 +117,17 @@ DEFAULTS = {
     "WEBHOOK_BACKOFF_MAX": 3600.0,
     # Deliveries one worker makes at once: a slow receiver holds one of them, never the rest.
     "WEBHOOK_CONCURRENCY": 4,
+    # Operations (README, Operations). The bearer token that may read the Prometheus metrics
+    # (empty: only logged-in users allowed to view jobs may), and the window over which the
+    # metrics count and time the jobs that ended.
+    "METRICS_TOKEN": "",
+    "METRICS_WINDOW_SECONDS": 300.0,
+    # Workers delete finished jobs older than this many days, once a day (one worker does
+    # it); None: never. The command prune_container_jobs does it by hand.
+    "RETENTION_DAYS": None,
+    # ... and empty the stored output (stdout, stderr) of finished jobs older than this many
+    # days, keeping the rest of the record; None: never.
+    "RETENTION_TRIM_OUTPUT_DAYS": None,
 }
 
 

@@ -6,14 +6,14 @@ transient ones (the server restarted, the connection was killed: ``OperationalEr
 (constraints, bad data), which no retry fixes. Only the first kind is retried here.
 """
 
-import logging
 import time
 
 from django.db import InterfaceError, OperationalError, connection
 
+from . import logs
 from .conf import setting
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 

@@ -6,14 +6,14 @@ leftovers from time to time. Only executions of jobs in this database that are n
 or running are removed.
 """
 
-import logging
 import uuid
 
+from . import logs
 from .executors import ExecutorError
 from .models import ContainerJob
 from .states import ACTIVE
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 
 def sweep_leftovers(hosts) -> int:

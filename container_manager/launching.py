@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import policy
+from . import logs, policy
 from .exceptions import LaunchError, SecretError
 from .models import RegistryCredential
 from .secrets import MASK
@@ -67,6 +67,7 @@ def registry_auth(image: str) -> RegistryAuth | None:
 def launch(job: ContainerJob, executor: BaseExecutor) -> str:
     """Start the job's current attempt with ``executor``; record and return the execution id."""
     spec = launch_spec(job)
+    logs.bind(secrets=tuple(spec.secret_values))  # masked in whatever is logged about the job
     try:
         execution_id = executor.launch(spec)
     except Exception as error:
@@ -74,6 +75,7 @@ def launch(job: ContainerJob, executor: BaseExecutor) -> str:
             raise scrubbed from None
         raise
     job.set_execution_identifier(execution_id)
+    logs.bind(execution_id=execution_id)
     return execution_id
 
 

@@ -398,6 +398,35 @@ class Worker(models.Model):
         return f"{self.hostname}:{self.pid}"
 
 
+class HousekeepingTaskQuerySet(models.QuerySet):
+    def take(self, name: str, every: timedelta) -> bool:
+        """Whether the caller runs the task ``name`` now: true for one caller across all
+        workers once it is due, which moves it ``every`` later (a conditional update, as
+        ``ExecutorHostQuerySet.take_check``)."""
+        now = timezone.now()
+        task, _ = self.get_or_create(name=name, defaults={"next_run_at": now})
+        if task.next_run_at > now:
+            return False
+        return bool(
+            self.filter(pk=task.pk, next_run_at=task.next_run_at).update(
+                next_run_at=now + every, last_run_at=now
+            )
+        )
+
+
+class HousekeepingTask(models.Model):
+    """A chore the workers share, such as the daily retention: when it is next due."""
+
+    name = models.CharField(max_length=100, unique=True)
+    next_run_at = models.DateTimeField()
+    last_run_at = models.DateTimeField(null=True, blank=True)
+
+    objects = HousekeepingTaskQuerySet.as_manager()
+
+    def __str__(self):
+        return self.name
+
+
 def validate_command(value):
     if not isinstance(value, list) or not all(isinstance(arg, str) for arg in value):
         raise ValidationError('must be a list of strings (an argv), e.g. ["echo", "hi"]')
@@ -623,6 +652,12 @@ class ContainerJob(fields.CheckedModel):
     cpu_seconds = models.FloatField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    failure_kind = models.CharField(
+        max_length=20,
+        blank=True,
+        help_text="Why the last attempt failed (launch_error, exit_code, timeout, "
+        "executor_error, worker_lost, policy, dependency); blank when it did not fail.",
+    )
     worker = models.ForeignKey(
         Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
@@ -1269,6 +1304,7 @@ __all__ = [
     "ContainerJob",
     "EnvironmentVariableTemplate",
     "ExecutorHost",
+    "HousekeepingTask",
     "InvalidTransition",
     "JobArray",
     "JobAttempt",

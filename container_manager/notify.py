@@ -5,7 +5,6 @@ on a job). Polling stays the fallback (and is all SQLite has).
 
 import asyncio
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -13,10 +12,11 @@ from typing import Any
 
 from django.db import connections
 
+from . import logs
 from .conf import setting
 from .states import TERMINAL
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 JOB_TABLE = "container_manager_containerjob"
 

@@ -151,6 +151,10 @@ def promote_due_retries(batch: int = 500) -> int:
     return sum(job.transition(JobStatus.QUEUED, queued_at=now) for job in due[:batch])
 
 
+# The failure kind of a job failed unrun because a job it depends on did not complete.
+DEPENDENCY = "dependency"
+
+
 def settle_dependents(batch: int = 500) -> int:
     """Move the jobs waiting for others whose wait is over: queued once every job they
     depend on completed, failed unrun once one of them ended otherwise. Returns how many."""
@@ -167,7 +171,9 @@ def settle_dependents(batch: int = 500) -> int:
             f"not run: job {culprit.pk} ({culprit.name or culprit.image}), which it depends "
             f"on, ended {culprit.status}"
         )
-        moved += job.transition(JobStatus.FAILED, last_error=why, finished_at=now)
+        moved += job.transition(
+            JobStatus.FAILED, last_error=why, failure_kind=DEPENDENCY, finished_at=now
+        )
     not_completed = [status for status in JobStatus.values if status != JobStatus.COMPLETED]
     ready = waiting.exclude(depends_on__status__in=not_completed).distinct()
     for job in ready.without_output()[:batch]:

@@ -12,7 +12,6 @@ without spending an attempt, and a running execution is followed through the out
 ``ENGINE_OUTAGE_GRACE`` seconds and harvested from what the host reports when it returns.
 """
 
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from . import policy
+from . import logs, policy
 from .conf import setting
 from .db import TRANSIENT_ERRORS, reset_connection, retry_transient
 from .exceptions import ExecutorError, ExecutorUnavailable, HostError, PolicyViolation
@@ -33,7 +32,7 @@ from .queue import reroute
 from .states import ACTIVE, JobStatus
 from .units import backoff
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 # Why an attempt failed; ContainerJob.retry_on lists the kinds worth another attempt.
 LAUNCH_ERROR = "launch_error"
@@ -138,6 +137,7 @@ class Runner:
                 if moved is None:
                     give_back_claim(job, f"host {failed_on} could not launch it: {error}")
                     return None
+                logs.bind(host=self.host.name)
                 logger.warning(
                     "job %s: %s failed (%s); trying %s", job.pk, failed_on, error, moved.reason
                 )
@@ -238,6 +238,7 @@ class Runner:
     def follow(self, executor, execution_id: str) -> None:
         job = self.job
         self.execution_id = execution_id
+        logs.bind(execution_id=execution_id)
         try:
             verdict = self.supervise(executor, execution_id)
             if verdict is RELEASED:
@@ -415,6 +416,7 @@ def record_outcome(
             peak_memory_bytes=outcome.peak_memory_bytes,
             cpu_seconds=outcome.cpu_seconds,
             last_error=error,
+            failure_kind="" if status == JobStatus.COMPLETED else kind,
             finished_at=finished,
         )
         if moved:
@@ -434,7 +436,8 @@ def record_outcome(
     elif retry_at is not None:
         logger.info("job %s %s (%s); retry at %s", job.pk, status, error, retry_at.isoformat())
     else:
-        logger.info("job %s %s (exit code %s)", job.pk, status, outcome.exit_code)
+        said = f": {error}" if error else ""
+        logger.info("job %s %s (exit code %s)%s", job.pk, status, outcome.exit_code, said)
     return moved
 
 

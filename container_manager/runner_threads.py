@@ -8,16 +8,16 @@ leave: once the worker stops, or after ``IDLE_SECONDS`` without work.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable
 
 from django.db import connections
 
+from . import logs
 from .db import drop_if_broken
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 # An idle thread leaves (closing its connection) after this long without a job.
 IDLE_SECONDS = 300.0

@@ -22,21 +22,20 @@ worker ran for a while), ``run_once`` makes one job for the latest missed due ti
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils.module_loading import import_string
 
-from . import api, bulk_operations
+from . import api, bulk_operations, logs
 from . import secrets as sealing
 from .conf import setting
 from .models import ContainerJob, Schedule
 from .serializers import validation_error_lines
 from .states import ACTIVE, TERMINAL, JobStatus
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 # A schedule's job spec: create_job's arguments, less what only makes sense for one job.
 NOT_IN_SCHEDULES = ("hold", "scheduled_for")

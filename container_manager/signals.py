@@ -17,15 +17,15 @@ logged, never raised: it cannot undo the change, nor stop a worker.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.db import transaction
 from django.dispatch import Signal
 
+from . import logs
 from .states import TERMINAL, JobStatus
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 job_status_changed = Signal()
 job_queued = Signal()

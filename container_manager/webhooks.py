@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -36,14 +35,14 @@ from django.db import DatabaseError, connection, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import webhook_body
+from . import logs, webhook_body
 from .conf import setting
 from .db import drop_if_broken, reset_connection, retry_transient
 from .models import WebhookDelivery
 from .runner_threads import RunnerThreads
 from .units import backoff
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 SIGNATURE_HEADER = "X-Container-Jobs-Signature"
 DELIVERY_HEADER = "X-Container-Jobs-Delivery"

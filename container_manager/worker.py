@@ -12,7 +12,6 @@ unhealthy host gets no new jobs (see ``routing``), is checked again with a growi
 one check passing brings it back.
 """
 
-import logging
 import os
 import signal
 import socket
@@ -22,7 +21,7 @@ import time
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
-from . import janitor, queue, scheduling, webhooks
+from . import janitor, logs, queue, retention, scheduling, webhooks
 from .conf import setting
 from .db import TRANSIENT_ERRORS, drop_if_broken
 from .models import ContainerJob, ExecutorHost
@@ -31,7 +30,7 @@ from .notify import Listener
 from .runner import Runner
 from .runner_threads import Handle, RunnerThreads
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 # Seconds between sweeps for what finished attempts could not remove (see janitor).
 SWEEP_INTERVAL = 60.0
@@ -72,6 +71,7 @@ class Worker:
         self.stop_deadline: float | None = None  # time.monotonic(); set with ``stopping``
         self.sweeper: threading.Thread | None = None
         self.checker: threading.Thread | None = None
+        self.housekeeper: threading.Thread | None = None
         # Webhook deliveries, in threads of their own: never in the way of the job loop.
         self.webhooks = webhooks.Pump()
         # After a database outage, other workers' heartbeats are as stale as this one's:
@@ -107,7 +107,7 @@ class Worker:
             self._join_runners()
             self.runners.shutdown(RELEASE_WAIT_SECONDS)
             self.webhooks.stop()
-            for helper in (self.sweeper, self.checker):
+            for helper in (self.sweeper, self.checker, self.housekeeper):
                 if helper is not None:
                     helper.join(timeout=RELEASE_WAIT_SECONDS)
             if listener:
@@ -165,6 +165,7 @@ class Worker:
                     next_firing = time.monotonic() + min(PROMOTE_INTERVAL, self.poll_interval)
                 if time.monotonic() >= next_sweep:
                     self._sweep()
+                    self._housekeep()
                     next_sweep = time.monotonic() + SWEEP_INTERVAL
                 if time.monotonic() >= next_check:
                     self._check_hosts()
@@ -208,7 +209,8 @@ class Worker:
             adopted = queue.adopt_orphans(self._own_record(), free, host_ids)
             self.look_for_orphans = len(adopted) == free  # more may be waiting for a slot
         for job in adopted:
-            logger.info("adopted job %s (%s) from a lost worker", job.pk, job.status)
+            with logs.about(job):
+                logger.info("adopted job %s (%s) from a lost worker", job.pk, job.status)
             self._submit(Runner(job, self.release).resume, job)
         wanted = free - len(adopted)
         notified = self.queued.is_set()
@@ -219,7 +221,8 @@ class Worker:
         self.maybe_more = wanted > 0 and len(claimed) == wanted
         for job in claimed:
             assert job.host is not None  # claim_jobs routes each job it claims to a host
-            logger.info("claimed job %s (%s) for host %s", job.pk, job, job.host.name)
+            with logs.about(job):
+                logger.info("claimed job %s (%s) for host %s", job.pk, job, job.host.name)
             self._submit(Runner(job, self.release).run, job)
         return len(adopted) + len(claimed)
 
@@ -230,11 +233,16 @@ class Worker:
         watched = {job.pk for handle, job in self.running.items() if handle.is_alive()}
         for job in queue.owned_jobs(self._own_record()):
             if job.pk not in watched:
-                logger.warning("job %s (%s) had no runner; resuming it", job.pk, job.status)
+                with logs.about(job):
+                    logger.warning("job %s (%s) had no runner; resuming it", job.pk, job.status)
                 self._submit(Runner(job, self.release).resume, job)
 
     def _submit(self, target, job) -> None:
-        self.running[self.runners.submit(target, f"cm-job-{job.pk}")] = job
+        def carry() -> None:
+            with logs.about(job):  # the runner's lines, and its executor's, name the job
+                target()
+
+        self.running[self.runners.submit(carry, f"cm-job-{job.pk}")] = job
 
     def _in_thread(self, target) -> None:
         """A helper thread's body (sweeper, health checks): rare, so it connects each time."""
@@ -274,6 +282,21 @@ class Worker:
             daemon=True,
         )
         self.sweeper.start()
+
+    def _housekeep(self) -> None:
+        """The daily retention (``RETENTION_DAYS``...), when this worker takes it: in a
+        thread of its own, a batch at a time, for as long as it takes."""
+        if self.housekeeper is not None and self.housekeeper.is_alive():
+            return
+        if self.stopping.is_set() or not retention.daily_retention_due():
+            return
+        self.housekeeper = threading.Thread(
+            target=self._in_thread,
+            args=(retention.apply_retention_settings,),
+            name="cm-retention",
+            daemon=True,
+        )
+        self.housekeeper.start()
 
     def _check_hosts(self) -> None:
         """Check the hosts whose time has come (see ``recheck_delay``), in a thread of its

@@ -108,8 +108,17 @@ STATIC_URL = "static/"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        # JSON lines for log shippers (README, Operations): CONTAINER_MANAGER_LOG_FORMAT=json.
+        "json": {"()": "container_manager.logs.JSONFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": os.environ.get("CONTAINER_MANAGER_LOG_FORMAT", "plain"),
+        }
+    },
     "loggers": {
         "container_manager": {
             "handlers": ["console"],

@@ -1,7 +1,11 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    # Prometheus scrapes the whole cluster's metrics here (README, Operations).
+    path("metrics/", include("container_manager.metrics")),
+]
 
 try:
     from container_manager.http_api import api

@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent(
     """
     import importlib.abc, os, sys
 
-    BLOCKED = ("google", "boto3", "botocore", "kubernetes", "moto", "ninja")
+    BLOCKED = ("google", "boto3", "botocore", "kubernetes", "moto", "ninja", "prometheus_client")
 
     class NotInstalled(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -52,6 +52,11 @@ SCRIPT = textwrap.dedent(
     from django.core import checks
     for message in checks.run_checks(databases=["default"]):
         print("CHECK", message.id, message.msg)
+    from container_manager import metrics
+    try:
+        metrics.registry()
+    except ImportError as error:
+        print("metrics", False, error)
     """
 )
 

@@ -16,13 +16,13 @@ after Cloud Run's own grace period (10 seconds).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from ... import logs as job_logs
 from ...exceptions import ExecutorError, ExecutorUnavailable, HostError, LaunchError
 from ..base import EXITED, NOT_FOUND, RUNNING, BaseExecutor, Health, Outcome
 from . import logs
@@ -52,7 +52,7 @@ from .definitions import (
     summary,
 )
 
-logger = logging.getLogger(__name__)
+logger = job_logs.get_logger(__name__)
 
 RUN_PERMISSION = "run.jobs.run (run.jobs.runWithOverrides with overrides)"
 

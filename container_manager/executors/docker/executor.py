@@ -11,7 +11,6 @@ counts as ended, since nothing will ever start it; its harvest reports that it n
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 
@@ -20,6 +19,7 @@ import docker.errors
 from django.core.exceptions import ValidationError
 from docker.models.containers import _create_container_args
 
+from ... import logs
 from ...exceptions import ExecutorError, HostError, LaunchError
 from ...output import CappedOutput
 from ...spec import ATTEMPT_LABEL, HOST_LABEL, JOB_ID_LABEL, MANAGED_LABEL
@@ -35,7 +35,7 @@ from .options import (
 )
 from .usage import UsageSampler
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 # A container killed by SIGKILL (the OOM killer's signal) exits with 128 + 9.
 SIGKILL_EXIT_CODE = 137

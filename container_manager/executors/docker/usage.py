@@ -8,10 +8,12 @@ shorter than that may report no usage at all (None).
 
 from __future__ import annotations
 
-import logging
+import contextvars
 import threading
 
-logger = logging.getLogger(__name__)
+from ... import logs
+
+logger = logs.get_logger(__name__)
 
 # What the engine puts in a stats frame for a container that is not running.
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -26,8 +28,12 @@ class UsageSampler:
         self.peak_memory_bytes: int | None = None
         self.cpu_seconds: float | None = None
         self.stopped = threading.Event()
+        # Its lines are about the job of the thread that started it (see logs.job_context).
         self.thread = threading.Thread(
-            target=self._run, name=f"docker-stats-{container_id[:12]}", daemon=True
+            target=contextvars.copy_context().run,
+            args=(self._run,),
+            name=f"docker-stats-{container_id[:12]}",
+            daemon=True,
         )
 
     def start(self):

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 import threading
 import time
@@ -36,6 +35,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from ... import logs
 from ...exceptions import ExecutorError, ExecutorUnavailable, HostError, HostRefused, LaunchError
 from ...spec import ATTEMPT_LABEL, HOST_LABEL, JOB_ID_LABEL, MANAGED_LABEL, LaunchSpec
 from ..base import EXITED, NOT_FOUND, RUNNING, BaseExecutor, Health, Outcome
@@ -44,7 +44,7 @@ from .definitions import CONTAINER_NAME, fargate_size, refusals, task_definition
 from .logs import read_output, stream_name
 from .options import DEFAULT_POLL_INTERVAL, validate_config
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 HARVESTED_TAG = "container_manager.harvested"
 STOP_REASON = "stopped by container_manager"

@@ -8,7 +8,6 @@ deleted with it.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
+from ... import logs
 from ...exceptions import ExecutorError, ExecutorUnavailable, HostError, LaunchError
 from ...output import CappedOutput
 from ...spec import HostSpec, LaunchSpec
@@ -40,7 +40,7 @@ from .manifests import (
     validate_config,
 )
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 # Why a container may wait forever: the pod never ran the job.
 NEVER_STARTED = {

@@ -45,6 +45,13 @@ class Command(BaseCommand):
             "--max-concurrent", type=positive_int, help="Jobs this worker runs at once."
         )
         parser.add_argument(
+            "--metrics-port",
+            type=positive_int,
+            metavar="PORT",
+            help="Serve the Prometheus metrics of the whole cluster on this port (needs the "
+            "metrics extra); see the README, Operations.",
+        )
+        parser.add_argument(
             "--host",
             action="append",
             dest="hosts",
@@ -69,5 +76,20 @@ class Command(BaseCommand):
             host_names=hosts,
             until_idle=options["until_idle"],
         )
+        server = self._serve_metrics(options["metrics_port"])
         worker.install_signal_handlers()
-        worker.run()
+        try:
+            worker.run()
+        finally:
+            if server is not None:
+                server.shutdown()
+
+    def _serve_metrics(self, port):
+        if port is None:
+            return None
+        try:
+            from container_manager import metrics
+
+            return metrics.serve(port)
+        except (ImportError, OSError) as error:
+            raise CommandError(f"--metrics-port {port}: {error}") from error
