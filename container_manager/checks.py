@@ -83,6 +83,7 @@ RETRY_KINDS = (
     lambda v: STRINGS[0](v) and set(v) <= set(RETRYABLE_FAILURES),
     f"a list drawn from {', '.join(RETRYABLE_FAILURES)}",
 )
+OPTIONAL_DAYS = (lambda v: v is None or (_number(v) and v > 0), "None or a positive number")
 DOTTED_PATHS = (
     lambda v: isinstance(v, dict) and all(isinstance(p, str) for p in [*v, *v.values()]),
     'a dict of executor type names to dotted paths, e.g. {"mine": "myapp.executors.Mine"}',
@@ -135,6 +136,10 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "WEBHOOK_BACKOFF_BASE": POSITIVE,
     "WEBHOOK_BACKOFF_MAX": POSITIVE,
     "WEBHOOK_CONCURRENCY": POSITIVE_INT,
+    "METRICS_TOKEN": STRING,
+    "METRICS_WINDOW_SECONDS": POSITIVE,
+    "RETENTION_DAYS": OPTIONAL_DAYS,
+    "RETENTION_TRIM_OUTPUT_DAYS": OPTIONAL_DAYS,
 }
 
 # Pairs where the first must not exceed the second: (smaller, larger, why).
