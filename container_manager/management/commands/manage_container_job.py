@@ -615,6 +615,17 @@ class Command(BaseCommand):
     def write_json(self, data):
         self.stdout.write(json.dumps(data, indent=2))
 
+    def write_listing(self, options, items: list, to_dict, nothing: str, headers, row) -> None:
+        """``items`` as JSON (``to_dict`` each), ``nothing`` when there are none, or a table
+        of ``headers`` and a ``row`` each."""
+        if options["as_json"]:
+            self.write_json([to_dict(item) for item in items])
+        elif not items:
+            self.stdout.write(nothing)
+        else:
+            for line in table(headers, [row(item) for item in items]):
+                self.stdout.write(line)
+
     def get_job(self, job_id: str) -> ContainerJob:
         """The job a job id, or an execution id of one of its attempts, names."""
         found = list(
@@ -1110,27 +1121,19 @@ class Command(BaseCommand):
         self.schedule_show(schedule, options)
 
     def schedule_list(self, options):
-        schedules = list(Schedule.objects.all())
-        if options["as_json"]:
-            self.write_json([schedule_to_dict(schedule) for schedule in schedules])
-            return
-        if not schedules:
-            self.stdout.write("No schedules.")
-            return
-        rows = []
-        for schedule in schedules:
+        def row(schedule):
             last = schedule.last_run()
-            rows.append(
-                [
-                    clip(schedule.name, 30),
-                    clip(schedule.every, 40),
-                    "paused" if schedule.paused else when(schedule.next_run_at),
-                    when(schedule.last_run_at) if schedule.last_run_at else "-",
-                    last.status if last else "-",
-                ]
-            )
-        for line in table(["NAME", "WHEN", "NEXT RUN", "LAST RUN", "LAST OUTCOME"], rows):
-            self.stdout.write(line)
+            return [
+                clip(schedule.name, 30),
+                clip(schedule.every, 40),
+                "paused" if schedule.paused else when(schedule.next_run_at),
+                when(schedule.last_run_at) if schedule.last_run_at else "-",
+                last.status if last else "-",
+            ]
+
+        headers = ["NAME", "WHEN", "NEXT RUN", "LAST RUN", "LAST OUTCOME"]
+        schedules = list(Schedule.objects.all())
+        self.write_listing(options, schedules, schedule_to_dict, "No schedules.", headers, row)
 
     def schedule_show(self, schedule: Schedule, options):
         data = schedule_to_dict(schedule, upcoming=3)
@@ -1167,31 +1170,22 @@ class Command(BaseCommand):
         getattr(self, f"array_{options['array_action']}")(options)
 
     def array_list(self, options):
-        newest = JobArray.objects.with_counts().select_related("created_by")
-        arrays = list(newest[: options["limit"]])
-        if options["as_json"]:
-            self.write_json([array_to_dict(array) for array in arrays])
-            return
-        if not arrays:
-            self.stdout.write("No job arrays.")
-            return
-        rows = []
-        for array in arrays:
+        def row(array):
             summary = array.summary()
             ended = sum(summary["counts"][status] for status in TERMINAL)
-            rows.append(
-                [
-                    str(array.pk),
-                    clip(array.name, 30) or "-",
-                    f"{ended}/{array.size}",
-                    str(array.parallelism or "-"),
-                    summary["outcome"],
-                    when(array.created_at),
-                ]
-            )
+            return [
+                str(array.pk),
+                clip(array.name, 30) or "-",
+                f"{ended}/{array.size}",
+                str(array.parallelism or "-"),
+                summary["outcome"],
+                when(array.created_at),
+            ]
+
         headers = ["ID", "NAME", "ENDED", "PARALLELISM", "OUTCOME", "CREATED"]
-        for line in table(headers, rows):
-            self.stdout.write(line)
+        newest = JobArray.objects.with_counts().select_related("created_by")
+        arrays = list(newest[: options["limit"]])
+        self.write_listing(options, arrays, array_to_dict, "No job arrays.", headers, row)
 
     def array_show(self, options):
         array = self.get_array(options["array_id"])
