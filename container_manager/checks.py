@@ -42,11 +42,13 @@ BAD_VALUE = "container_manager.E003"
 BAD_ENCRYPTION_KEY = "container_manager.E004"
 BAD_EXECUTOR = "container_manager.E005"
 BAD_CLOCK = "container_manager.E006"
-MISSING_EXTRA = "container_manager.E007"
-UNKNOWN_HOST_TYPE = "container_manager.E008"
-NO_WEBHOOK_SECRET = "container_manager.E009"
 SQLITE_WORKERS = "container_manager.W001"
 DERIVED_ENCRYPTION_KEY = "container_manager.W002"
+# What the rows say (hosts, jobs) is a warning, never an error: ``migrate`` runs the database
+# checks too, and a host of an unknown type must not stop the migration that would fix it.
+MISSING_EXTRA = "container_manager.W003"
+UNKNOWN_HOST_TYPE = "container_manager.W004"
+NO_WEBHOOK_SECRET = "container_manager.W005"
 
 
 def _error(id: str, setting: str, problem: str, hint: str) -> checks.CheckMessage:
@@ -320,7 +322,7 @@ def hosts_missing_client(alias: str) -> list[checks.CheckMessage]:
     for name, type_name in hosts.values_list("name", "executor_type"):
         if type_name not in types:
             found.append(
-                checks.Error(
+                checks.Warning(
                     f"executor host {name!r} has executor type {type_name!r}, which is not "
                     "registered",
                     hint=f"registered types: {', '.join(sorted(types))}; add it to "
@@ -332,7 +334,7 @@ def hosts_missing_client(alias: str) -> list[checks.CheckMessage]:
         cls, _ = _import_problem(types[type_name])
         if isinstance(cls, type) and issubclass(cls, BaseExecutor) and cls.missing_client():
             found.append(
-                checks.Error(
+                checks.Warning(
                     f"executor host {name!r} ({type_name}) cannot run jobs: {cls.missing_client()}",
                     hint="install the extra named, or deactivate the host",
                     id=MISSING_EXTRA,
@@ -350,12 +352,11 @@ def webhooks_unsigned(alias: str) -> list[checks.CheckMessage]:
     if not waiting.exists():
         return []
     return [
-        _error(
-            NO_WEBHOOK_SECRET,
-            "WEBHOOK_SECRET",
-            "is empty while jobs still to end have a webhook URL: their deliveries will not "
-            "be sent",
-            "set WEBHOOK_SECRET to a long random string, shared with the receivers",
+        checks.Warning(
+            f"{SETTINGS_NAME}['WEBHOOK_SECRET'] is empty while jobs still to end have a "
+            "webhook URL: their deliveries will not be sent",
+            hint="set WEBHOOK_SECRET to a long random string, shared with the receivers",
+            id=NO_WEBHOOK_SECRET,
         )
     ]
 

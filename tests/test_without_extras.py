@@ -82,7 +82,7 @@ def test_without_cloud_clients_the_app_imports_and_cloud_hosts_name_their_extra(
     reported = [line for line in lines if line.startswith("CHECK ")]
     assert len(reported) == 3, reported
     for line in reported:
-        assert line.startswith("CHECK container_manager.E007 executor host "), line
+        assert line.startswith("CHECK container_manager.W003 executor host "), line
     for line in set(lines) - set(reported):
         type_name, healthy, message = line.split(" ", 2)
         assert healthy == "False", line
