@@ -1,14 +1,16 @@
 """Several real worker processes sharing one database (the queue logic, on mock jobs)."""
 
+import signal
 import time
 
 import pytest
 from django.db import connection
 from django.db.models import Count
+from django.utils import timezone
 
 from container_manager import notify
 from container_manager.api import create_job, wait_for_job
-from container_manager.models import ContainerJob, ExecutorHost, JobAttempt
+from container_manager.models import ContainerJob, ExecutorHost, JobAttempt, Worker
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
@@ -26,13 +28,21 @@ def test_four_workers_run_each_of_many_jobs_exactly_once(worker_processes):
     # 1,000 jobs on PostgreSQL; SQLite serialises every write, so it gets fewer.
     count = 1000 if connection.vendor == "postgresql" else 200
     host = ExecutorHost.objects.create(name="mock", executor_type="mock", max_concurrent_jobs=50)
+    # Held until all four workers are up: one that starts late would find the work done.
     ContainerJob.objects.bulk_create(
-        ContainerJob(image="img", command=[str(i)], host=host) for i in range(count)
+        ContainerJob(image="img", command=[str(i)], host=host, status="pending")
+        for i in range(count)
     )
     for _ in range(4):
-        worker_processes.start("--until-idle", "--poll-interval", "0.1", "--max-concurrent", "8")
+        worker_processes.start("--poll-interval", "0.1", "--max-concurrent", "8")
+    assert wait_until(lambda: Worker.objects.count() == 4, 60), worker_processes.logs()
+    ContainerJob.objects.update(status="queued", queued_at=timezone.now())
+    ended = ContainerJob.objects.filter(status__in=["completed", "failed"])
+    assert wait_until(lambda: ended.count() == count, 240), worker_processes.logs()[-5000:]
     for proc in worker_processes.procs:
-        assert proc.wait(240) == 0, worker_processes.logs()
+        proc.send_signal(signal.SIGTERM)
+    for proc in worker_processes.procs:
+        assert proc.wait(60) == 0, worker_processes.logs()
 
     statuses = dict(ContainerJob.objects.values_list("status").annotate(n=Count("pk")))
     assert statuses == {"completed": count}, worker_processes.logs()[-5000:]
