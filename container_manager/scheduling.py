@@ -25,7 +25,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils.module_loading import import_string
 
 from . import api, bulk_operations, logs
@@ -112,7 +112,12 @@ def fire_due_schedules(batch: int = 100) -> int:
     moment = now()
     made = 0
     for schedule_id in due_schedules(moment).values_list("pk", flat=True)[:batch]:
-        made += fire(schedule_id, moment) is not None
+        try:
+            made += fire(schedule_id, moment) is not None
+        except DatabaseError:
+            raise  # the worker's loop waits for the database and tries again
+        except Exception:  # one broken schedule must not stop the others, nor the worker
+            logger.exception("schedule %s could not be fired", schedule_id)
     return made
 
 
@@ -126,11 +131,17 @@ def fire(schedule_id: int, moment: datetime) -> ContainerJob | None:
         assert latest is not None  # locked because its cursor is at or before moment
         missed = latest > schedule.next_run_at  # more than one due time went by unfired
         job = None
-        if why_not := _why_not_run(schedule, latest, missed, moment):
+        why_not = _why_not_run(schedule, latest, missed, moment)
+        if not why_not:
+            try:
+                job = _run(schedule, latest)
+            except ValidationError as error:
+                # Its host went inactive, its image was disallowed...: say so on the
+                # schedule and go on; a schedule must never stop the worker firing it.
+                why_not = "its job spec is refused now: " + "; ".join(validation_error_lines(error))
+        if why_not:
             schedule.last_skip_reason = f"{latest:%Y-%m-%d %H:%M:%S} UTC not run: {why_not}"
-            logger.info("schedule %s: %s", schedule.name, schedule.last_skip_reason)
-        else:
-            job = _run(schedule, latest)
+            logger.warning("schedule %s: %s", schedule.name, schedule.last_skip_reason)
         schedule.next_run_at = schedule.next_due_after(moment)
         schedule.save(update_fields=["next_run_at", "last_run_at", "last_skip_reason"])
         if job is not None:
@@ -161,13 +172,14 @@ def _unfinished(schedule: Schedule):
 
 
 def _run(schedule: Schedule, due: datetime) -> ContainerJob | None:
-    if schedule.concurrency == Schedule.Concurrency.REPLACE:
-        for previous in _unfinished(schedule).without_output():
-            _replace(previous, schedule)
+    """The job for ``due``; ValidationError (nothing changed) if the spec is refused now."""
     spec = {"name": schedule.name, **schedule.job_spec}
     job = api.build_job(
         **spec, schedule=schedule, scheduled_run_at=due, created_by=schedule.created_by
     )
+    if schedule.concurrency == Schedule.Concurrency.REPLACE:
+        for previous in _unfinished(schedule).without_output():
+            _replace(previous, schedule)
     try:
         # A savepoint: a due time that has its job already fails this INSERT alone, and the
         # cursor still moves past it.

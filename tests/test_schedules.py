@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
-from django.db import connection, connections  # noqa: F401 (skipif reads connection)
+from django.db import OperationalError, connection, connections  # noqa: F401 (skipif)
 from django.urls import reverse
 
 from container_manager import scheduling
@@ -175,17 +175,43 @@ def test_a_firing_that_dies_half_way_leaves_nothing_and_the_next_one_fires(
     moved_clock.set_to(utc(2026, 6, 1, 12, 1, 5))
 
     def die(schedule):
-        raise ConnectionError("the worker died here")
+        raise OperationalError("server closed the connection unexpectedly")
 
     keep_history = scheduling._keep_history
     monkeypatch.setattr(scheduling, "_keep_history", die)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(OperationalError):  # the worker's loop waits and tries again
         scheduling.fire_due_schedules()
     assert runs(schedule) == []
     assert Schedule.objects.get().next_run_at == utc(2026, 6, 1, 12, 1)
     monkeypatch.setattr(scheduling, "_keep_history", keep_history)
     assert scheduling.fire_due_schedules() == 1
     assert runs(schedule) == [utc(2026, 6, 1, 12, 1)]
+
+
+@pytest.mark.django_db
+def test_a_spec_refused_later_skips_the_due_time_and_says_why(moved_clock, mock_host):
+    schedule = make_schedule(job_spec={"image": "x", "host": "mock"})
+    mock_host.is_active = False
+    mock_host.save()
+    moved_clock.set_to(utc(2026, 6, 1, 12, 1, 5))
+    assert scheduling.fire_due_schedules() == 0  # no exception: the worker goes on
+    schedule.refresh_from_db()
+    assert "not run: its job spec is refused now: host: host 'mock' is not active" in (
+        schedule.last_skip_reason
+    )
+    assert schedule.next_run_at == utc(2026, 6, 1, 12, 2)
+    assert runs(schedule) == []
+
+
+@pytest.mark.django_db
+def test_a_broken_schedule_is_logged_and_the_others_still_fire(moved_clock, caplog):
+    broken = make_schedule(name="broken")
+    fine = make_schedule(name="fine")
+    Schedule.objects.filter(pk=broken.pk).update(cron="not a cron")  # written around validation
+    moved_clock.set_to(utc(2026, 6, 1, 12, 1, 5))
+    assert scheduling.fire_due_schedules() == 1
+    assert runs(fine) == [utc(2026, 6, 1, 12, 1)]
+    assert f"schedule {broken.pk} could not be fired" in caplog.text
 
 
 @pytest.mark.django_db
