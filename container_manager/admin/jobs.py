@@ -298,8 +298,12 @@ class ContainerJobAdmin(admin.ModelAdmin):
                 return found, False
         return super().get_search_results(request, queryset, search_term)
 
-    def get_actions(self, request):
-        found = super().get_actions(request)
+    def get_actions(self, request, action_location=None):
+        # Django 6.1 says where the actions are shown (``action_location``); 5.2 does not.
+        if action_location is None:
+            found = super().get_actions(request)
+        else:
+            found = super().get_actions(request, action_location)  # type: ignore[call-arg]
         found.pop("delete_selected", None)  # ours says which jobs it could not delete, and why
         return found
 
