@@ -81,10 +81,15 @@ def save_schedule(schedule: Schedule, move_cursor: bool = True) -> Schedule:
         spec["env"] = api.with_secrets(sealing.seal_environment(spec.get("env") or {}), secrets)
     schedule.job_spec = spec
     if move_cursor or schedule.next_run_at is None:
-        schedule.next_run_at = None  # not an interval's anchor: they count from now
-        schedule.next_run_at = schedule.next_due_after(now())
+        _restart_cursor(schedule)
     schedule.save()
     return schedule
+
+
+def _restart_cursor(schedule: Schedule) -> None:
+    """The schedule's next run: its first due time from now on."""
+    schedule.next_run_at = None  # not an interval's anchor: intervals then count from now
+    schedule.next_run_at = schedule.next_due_after(now())
 
 
 def pause(schedule: Schedule) -> None:
@@ -94,8 +99,7 @@ def pause(schedule: Schedule) -> None:
 
 def resume(schedule: Schedule) -> None:
     """Run again from the next due time: what fell due while paused is not caught up."""
-    schedule.next_run_at = None
-    schedule.next_run_at = schedule.next_due_after(now())
+    _restart_cursor(schedule)
     Schedule.objects.filter(pk=schedule.pk).update(paused=False, next_run_at=schedule.next_run_at)
     schedule.paused = False
 

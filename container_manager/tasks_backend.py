@@ -92,7 +92,7 @@ class ContainerTaskBackend(BaseTaskBackend):
             raise InvalidTask(f"the task's job was refused: {error}") from error
         except TypeError as error:  # a value json cannot carry, named by json itself
             raise InvalidTask(f"the task's arguments cannot be sent: {error}") from error
-        return self._result(job, task)
+        return self._result(job, task, payload)
 
     def get_result(self, result_id):
         job_id = as_job_id(result_id)
@@ -101,10 +101,10 @@ class ContainerTaskBackend(BaseTaskBackend):
         if job is None or payload is None:
             raise TaskResultDoesNotExist(result_id)
         task = import_string(payload["task"]).using(priority=job.priority, backend=self.alias)
-        return self._result(job, task)
+        return self._result(job, task, payload)
 
-    def _result(self, job: ContainerJob, task) -> TaskResult:
-        payload = _payload(job) or {}
+    def _result(self, job: ContainerJob, task, payload: dict[str, Any]) -> TaskResult:
+        """The task result ``job`` (a task's job, asked to run ``payload``) stands for."""
         status, value, error = _outcome(job)
         result = TaskResult(
             task=task,
