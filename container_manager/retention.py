@@ -3,7 +3,10 @@
 A job may keep megabytes of output, and the table grows with every job; ``prune_jobs``
 deletes the finished jobs older than an age (``manage.py prune_container_jobs``, or every day
 in a worker with ``RETENTION_DAYS``), or with ``trim_output`` empties their stdout and stderr
-but keeps the record (``--trim-output``, ``RETENTION_TRIM_OUTPUT_DAYS``).
+but keeps the record (``--trim-output``, ``RETENTION_TRIM_OUTPUT_DAYS``). A prune also
+deletes the records of workers gone for longer than the same age once no job and no attempt
+names them (``prune_workers``): each worker process leaves one, and a fleet restarted daily
+would otherwise leave thousands.
 
 Both walk the old jobs in order of ``finished_at`` (``cm_job_finished_idx``) in batches of
 ``batch_size``, each in a transaction of its own, so no lock is held for longer than one
@@ -32,7 +35,15 @@ from django.utils import timezone
 
 from . import logs
 from .conf import setting
-from .models import ContainerJob, ContainerJobQuerySet, HousekeepingTask, WebhookDelivery
+from .models import (
+    ContainerJob,
+    ContainerJobQuerySet,
+    HousekeepingTask,
+    JobAttempt,
+    WebhookDelivery,
+    Worker,
+)
+from .queue import lost_workers
 from .states import FAILURES, TERMINAL
 
 logger = logs.get_logger(__name__)
@@ -119,6 +130,24 @@ def prune_jobs(
     return _in_batches(jobs, apply, batch_size, pause)
 
 
+def prune_workers(older_than: timedelta, dry_run: bool = False) -> int:
+    """Delete the records of workers that are gone (stopped, or silent past
+    ``WORKER_TIMEOUT``) and last beat more than ``older_than`` ago, and that no job or
+    attempt names any more (an attempt's worker is part of its history: the record stays
+    as long as the job does). Returns how many (dry: would be)."""
+    cutoff = timezone.now() - older_than
+    gone = (
+        lost_workers()
+        .filter(last_heartbeat__lt=cutoff)
+        .exclude(pk__in=ContainerJob.objects.filter(worker__isnull=False).values("worker"))
+        .exclude(pk__in=JobAttempt.objects.filter(worker__isnull=False).values("worker"))
+    )
+    if dry_run:
+        return gone.count()
+    _total, by_model = gone.delete()
+    return by_model.get(Worker._meta.label, 0)
+
+
 def _delete(jobs: ContainerJobQuerySet) -> int:
     _total, by_model = ContainerJob.objects.filter(pk__in=_lock(jobs)).only("pk").delete()
     return by_model.get(ContainerJob._meta.label, 0)
@@ -178,14 +207,18 @@ def apply_retention_settings(pause: float = 0.1) -> tuple[Progress, Progress]:
     """Trim and prune as the settings say (what a worker does once a day); returns what was
     trimmed and what was deleted. ``pause`` between batches leaves the database to others."""
     trimmed = deleted = Progress()
+    workers = 0
     if (days := setting("RETENTION_TRIM_OUTPUT_DAYS")) is not None:
         trimmed = prune_jobs(timedelta(days=days), trim_output=True, pause=pause)
     if (days := setting("RETENTION_DAYS")) is not None:
         deleted = prune_jobs(timedelta(days=days), pause=pause)
-    if trimmed.jobs or deleted.jobs or logger.isEnabledFor(logging.DEBUG):
+        workers = prune_workers(timedelta(days=days))
+    if trimmed.jobs or deleted.jobs or workers or logger.isEnabledFor(logging.DEBUG):
         logger.info(
-            "retention: emptied the output of %d job(s), deleted %d job(s)",
+            "retention: emptied the output of %d job(s), deleted %d job(s) and the records "
+            "of %d worker(s) gone",
             trimmed.jobs,
             deleted.jobs,
+            workers,
         )
     return trimmed, deleted

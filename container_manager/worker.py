@@ -330,7 +330,16 @@ class Worker:
             logger.warning("host %s is unhealthy: %s", host.name, health.message)
 
     def _heartbeat(self) -> None:
-        WorkerRecord.objects.filter(pk=self._own_record().pk).update(last_heartbeat=timezone.now())
+        record = self._own_record()
+        record.last_heartbeat = timezone.now()
+        if not WorkerRecord.objects.filter(pk=record.pk).update(
+            last_heartbeat=record.last_heartbeat
+        ):
+            # Deleted while this worker was silent (a prune, an operator): written again, so
+            # the jobs it claims can name it.
+            logger.warning("this worker's record %s was deleted; writing it again", record.pk)
+            record.stopped_at = None
+            record.save(force_insert=True)
 
     def _sign_off(self) -> None:
         """Hand back what is still running, and say this worker is gone."""

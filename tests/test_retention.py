@@ -16,6 +16,7 @@ from container_manager.models import (
     HousekeepingTask,
     JobAttempt,
     WebhookDelivery,
+    Worker,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -215,3 +216,66 @@ def command(*args) -> str:
     out = StringIO()
     call_command("prune_container_jobs", *args, stdout=out)
     return out.getvalue()
+
+
+def test_records_of_workers_long_gone_go_once_nothing_names_them(mock_host):
+    now = timezone.now()
+    long_ago = now - timedelta(days=40)
+    stopped = Worker.objects.create(
+        hostname="a", pid=1, last_heartbeat=long_ago, stopped_at=long_ago
+    )
+    silent = Worker.objects.create(hostname="b", pid=2, last_heartbeat=long_ago)
+    named = Worker.objects.create(hostname="c", pid=3, last_heartbeat=long_ago, stopped_at=long_ago)
+    recent = Worker.objects.create(
+        hostname="d",
+        pid=4,
+        last_heartbeat=now - timedelta(days=2),
+        stopped_at=now - timedelta(days=2),
+    )
+    alive = Worker.objects.create(hostname="e", pid=5)
+    job = create_job("img", host=mock_host)
+    JobAttempt.objects.create(job=job, number=1, worker=named, status="completed")
+
+    assert command("--older-than", "30d", "--dry-run") == (
+        "Dry run: would delete 0 job(s), and the records of 2 worker(s) gone as long.\n"
+    )
+    assert Worker.objects.count() == 5
+    assert command("--older-than", "30d") == (
+        "Deleted 0 job(s) in 0 batch(es), and the records of 2 worker(s) gone as long.\n"
+    )
+    assert set(Worker.objects.all()) == {named, recent, alive}
+    assert not {stopped, silent} & set(Worker.objects.all())
+    assert retention.prune_workers(timedelta(days=1)) == 1  # recent; named stays for its job
+
+
+def test_a_worker_applies_the_retention_settings_daily(mock_host, settings):
+    from container_manager.worker import Worker as WorkerLoop
+
+    settings.CONTAINER_MANAGER = {"RETENTION_DAYS": 30, "RETENTION_TRIM_OUTPUT_DAYS": 7}
+    fill(mock_host, 200, days_ago=40)
+    fill(mock_host, 100, days_ago=10)
+    fill(mock_host, 50, days_ago=1)
+    gone = Worker.objects.create(
+        hostname="old", pid=1, last_heartbeat=timezone.now() - timedelta(days=40)
+    )
+
+    WorkerLoop(until_idle=True, poll_interval=0.05).run()  # joins its retention thread
+
+    assert ContainerJob.objects.count() == 150
+    assert ContainerJob.objects.filter(stdout="").count() == 100
+    assert not Worker.objects.filter(pk=gone.pk).exists()
+    # Taken for the day: a second worker today leaves the new old jobs alone.
+    fill(mock_host, 10, days_ago=40)
+    WorkerLoop(until_idle=True, poll_interval=0.05).run()
+    assert ContainerJob.objects.count() == 160
+
+
+def test_a_worker_whose_record_was_deleted_writes_it_again(db):
+    from container_manager.worker import Worker as WorkerLoop
+
+    loop = WorkerLoop()
+    loop.record = Worker.objects.create(hostname="h", pid=7, stopped_at=timezone.now())
+    Worker.objects.filter(pk=loop.record.pk).delete()
+    loop._heartbeat()
+    again = Worker.objects.get(pk=loop.record.pk)
+    assert (again.hostname, again.pid, again.stopped_at) == ("h", 7, None)

@@ -34,8 +34,9 @@ def pause(text):
 
 class Command(BaseCommand):
     help = (
-        "Delete finished jobs (and their attempts) older than an age, in short batches; or, "
-        "with --trim-output, empty their stored stdout and stderr and keep them."
+        "Delete finished jobs (and their attempts) older than an age, in short batches, and "
+        "the records of workers gone as long that no job names any more; or, with "
+        "--trim-output, empty the jobs' stored stdout and stderr and keep them."
     )
 
     def add_arguments(self, parser):
@@ -92,11 +93,14 @@ class Command(BaseCommand):
             )
         except ValidationError as error:
             raise CommandError(f"--status: {error.messages[0]}") from None
-        what = "emptied the output of" if options["trim_output"] else "deleted"
+        verb = "empty the output of" if options["trim_output"] else "delete"
         if options["dry_run"]:
-            would = "would empty the output of" if options["trim_output"] else "would delete"
-            self.stdout.write(f"Dry run: {would} {done.jobs} job(s).")
+            said = f"Dry run: would {verb} {done.jobs} job(s)"
         else:
-            self.stdout.write(
-                f"{what.capitalize()} {done.jobs} job(s) in {done.batches} batch(es)."
-            )
+            past = "Emptied the output of" if options["trim_output"] else "Deleted"
+            said = f"{past} {done.jobs} job(s) in {done.batches} batch(es)"
+        if not options["trim_output"]:
+            workers = retention.prune_workers(options["older_than"], dry_run=options["dry_run"])
+            if workers:
+                said += f", and the records of {workers} worker(s) gone as long"
+        self.stdout.write(f"{said}.")
