@@ -8,7 +8,6 @@ import shlex
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -250,7 +249,7 @@ def test_a_subcommand_is_required(db):
 
 
 @pytest.mark.parametrize("subcommand", ["show", "logs", "release", "cancel", "retry"])
-@pytest.mark.parametrize("job_id", ["nope", "12345", str(uuid.uuid4())])
+@pytest.mark.parametrize("job_id", ["nope", "12345", "7c823719-c051-4c16-9406-3454e854f3a8"])
 def test_unknown_or_malformed_job_id(db, subcommand, job_id):
     with pytest.raises(CommandError, match=f"no job with id or execution id '{job_id}'"):
         run(subcommand, job_id)
