@@ -57,13 +57,13 @@ def fresh_executors():
 
 def database_independent():
     """For a module whose tests never reach the database (executors take a LaunchSpec and
-    never import a model): it runs once per test command, in the SQLite pass, which every
-    test command runs, not again in the PostgreSQL pass."""
+    never import a model): it runs in the SQLite passes of scripts/test, not again in the
+    PostgreSQL ones."""
     from django.db import connection
 
     return pytest.mark.skipif(
         connection.vendor == "postgresql",
-        reason="no database involved: runs in the SQLite pass only",
+        reason="no database involved: runs in the SQLite passes only",
     )
 
 

@@ -10,7 +10,6 @@ import platform
 from datetime import timedelta
 
 import pytest
-from django.db import connection  # noqa: F401 (skipif reads it)
 from django.test import override_settings
 from django.utils import timezone
 
@@ -133,9 +132,7 @@ def project_image(docker_engine):
     return build(docker_engine)
 
 
-# The backend's database use is the queue's, tested on both databases elsewhere: the container
-# part runs once per Django version (the SQLite and Django 6 passes), not in the PostgreSQL one.
-@pytest.mark.skipif("connection.vendor == 'postgresql'", reason="runs in the SQLite passes")
+# Once per Django version: scripts/test runs the real-service tier once on each.
 @pytest.mark.django_db(transaction=True)
 def test_tasks_run_in_containers_of_the_projects_image(docker_host, project_image):
     with container_backend(
