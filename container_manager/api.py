@@ -469,20 +469,49 @@ def follow_output(
     if job.is_terminal or not job.host or not execution_id:
         yield from stored_output(job)
         return
-    streamed = False
+    last_line = None  # of what was streamed: None until something was
     pending = b""
     try:
         for chunk in job.host.get_executor().stream_logs(execution_id, follow=True):
             complete, pending = split_incomplete_utf8(pending + chunk)
             if complete:
-                streamed = True
-                yield decode_output(complete)
+                text = decode_output(complete)
+                last_line = _last_line(last_line or "", text)
+                yield text
     except ExecutorError as error:
-        if streamed:
+        if last_line is not None:
             raise
         say(f"Cannot stream from the executor ({error}); waiting for the job.")
     if pending:
-        streamed = True
-        yield decode_output(pending)
-    if not streamed:
+        text = decode_output(pending)
+        last_line = _last_line(last_line or "", text)
+        yield text
+    if last_line is None:
         yield from stored_output(wait_for_job(job, interval=poll))
+    else:
+        yield from _unstreamed_endings(job, last_line, poll)
+
+
+# How long a follower waits, once the stream has ended, for the job's record to show its end.
+ENDING_WAIT_SECONDS = 10.0
+
+
+def _last_line(last_line: str, text: str) -> str:
+    before, newline, after = text.rpartition("\n")
+    return after if newline else last_line + after
+
+
+def _unstreamed_endings(job: ContainerJob, last_line: str, poll: float) -> Iterator[str]:
+    """The last lines without a newline that the stream left out, read from the job's
+    record once it has ended. (Docker's follow stream leaves them out; its executor gives
+    them back while the container is there, and the worker may have removed it first.) A
+    stream's ending that the last streamed line already holds was given."""
+    try:
+        job = wait_for_job(job, timeout=ENDING_WAIT_SECONDS, interval=poll)
+    except TimeoutError:
+        return
+    for stored in (job.stdout, job.stderr):
+        before, newline, ending = stored.rpartition("\n")
+        if ending and ending not in last_line:
+            last_line += ending
+            yield ending

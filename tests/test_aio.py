@@ -122,10 +122,9 @@ def test_stream_logs_of_an_ended_job_is_its_stored_output(mock_host):
 @pytest.mark.processes
 def test_stream_logs_follows_a_real_container(docker_host, worker_processes):
     worker_processes.start("--poll-interval", "0.1")
-    # (The engine's follow stream leaves out a last line with no newline: every line ends.)
-    script = "for i in 1 2 3; do echo line $i; sleep 0.4; done; echo café"
+    script = "for i in 1 2 3; do echo line $i; sleep 0.4; done; printf café"
     job = api.create_job(TEST_IMAGE, ["sh", "-c", script], host=docker_host)
-    assert collect(job) == ["line 1\n", "line 2\n", "line 3\n", "café\n"], worker_processes.logs()
+    assert collect(job) == ["line 1\n", "line 2\n", "line 3\n", "café"], worker_processes.logs()
     assert wait_until(lambda: ContainerJob.objects.get(pk=job.pk).is_terminal, 30)
 
 

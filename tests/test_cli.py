@@ -60,6 +60,16 @@ class BrokenExecutor(BaseExecutor):
         raise ExecutorUnavailable("daemon unreachable at tcp://nowhere:2376")
 
 
+class LineDroppingExecutor(MockExecutor):
+    """Follows as Docker's engine does: a last line without a newline is left out."""
+
+    type_name = "line-dropping"
+    printed = b"one\ntwo"
+
+    def stream_logs(self, execution_id, follow=False):
+        yield self.printed.rpartition(b"\n")[0] + b"\n" if follow else self.printed
+
+
 class ChunkyExecutor(MockExecutor):
     """Streams output in chunks that cut a UTF-8 character in two."""
 
@@ -75,6 +85,7 @@ def extra_executors(settings):
         "EXECUTORS": {
             "broken": "tests.test_cli.BrokenExecutor",
             "chunky": "tests.test_cli.ChunkyExecutor",
+            "line-dropping": "tests.test_cli.LineDroppingExecutor",
         }
     }
 
@@ -465,7 +476,13 @@ def launch_and_run(job):
     return execution_id
 
 
-def test_logs_follow_streams_a_running_job_from_its_executor(mock_host):
+@pytest.fixture
+def no_ending_recorded(monkeypatch):
+    """No worker records the followed job's end here: a follower does not wait for it."""
+    monkeypatch.setattr(api, "ENDING_WAIT_SECONDS", 0)
+
+
+def test_logs_follow_streams_a_running_job_from_its_executor(mock_host, no_ending_recorded):
     mock_host.executor_config = {"stdout": "línea 1\n", "stderr": "problem\n"}
     mock_host.save()
     job = api.create_job("alpine", ["true"], host=mock_host)
@@ -473,11 +490,38 @@ def test_logs_follow_streams_a_running_job_from_its_executor(mock_host):
     assert run("logs", str(job.pk), "--follow") == "línea 1\nproblem\n"
 
 
-def test_logs_follow_decodes_characters_split_across_chunks(db, extra_executors):
+def test_logs_follow_decodes_characters_split_across_chunks(
+    db, extra_executors, no_ending_recorded
+):
     host = ExecutorHost.objects.create(name="chunky", executor_type="chunky")
     job = api.create_job("alpine", ["true"], host=host)
     make_running(job, execution_id="chunky-1")
     assert run("logs", str(job.pk), "--follow") == "café \\xff\n"
+
+
+@pytest.mark.parametrize(
+    ("stdout", "stderr", "followed"),
+    [
+        ("one\ntwo", "", "one\ntwo"),
+        ("one\ntwo", "err", "one\ntwoerr"),
+        ("one\n", "", "one\n"),
+    ],
+)
+def test_logs_follow_gives_last_lines_the_stream_left_out_from_the_record(
+    db, extra_executors, monkeypatch, stdout, stderr, followed
+):
+    host = ExecutorHost.objects.create(name="dropping", executor_type="line-dropping")
+    job = api.create_job("alpine", ["true"], host=host)
+    make_running(job, execution_id="dropping-1")
+
+    def worker_records_the_end(seconds):
+        ContainerJob.objects.get(pk=job.pk).transition(
+            JobStatus.COMPLETED, finished_at=timezone.now(), stdout=stdout, stderr=stderr
+        )
+
+    monkeypatch.setattr(time, "sleep", worker_records_the_end)
+    monkeypatch.setattr(notify.Listener, "available", staticmethod(lambda alias="default": False))
+    assert run("logs", str(job.pk), "--follow") == followed
 
 
 def test_logs_follow_waits_for_a_queued_job_to_start(mock_host, monkeypatch):
@@ -488,13 +532,18 @@ def test_logs_follow_waits_for_a_queued_job_to_start(mock_host, monkeypatch):
         sleeps.append(seconds)
         if len(sleeps) == 2:  # a worker picks it up meanwhile
             launch_and_run(ContainerJob.objects.get(pk=job.pk))
+        if len(sleeps) == 3:  # and, once its output has been followed, records its end
+            ContainerJob.objects.get(pk=job.pk).transition(
+                JobStatus.COMPLETED, finished_at=timezone.now(), stdout="mock: echo started\n"
+            )
 
     monkeypatch.setattr(time, "sleep", fake_sleep)
+    monkeypatch.setattr(notify.Listener, "available", staticmethod(lambda alias="default": False))
     err = io.StringIO()
     out = run("logs", str(job.pk), "--follow", stderr=err)
     assert out == "mock: echo started\n"
     assert f"Waiting for job {job.pk} to start (it is queued)" in err.getvalue()
-    assert len(sleeps) == 2
+    assert len(sleeps) == 3
 
 
 def test_logs_follow_falls_back_to_stored_output_when_nothing_streams(mock_host, monkeypatch):

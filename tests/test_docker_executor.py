@@ -385,6 +385,18 @@ def test_stream_logs_yields_combined_output(docker_host):
         executor.cleanup(execution_id)
 
 
+def test_following_gives_last_lines_without_a_newline(docker_host):
+    # The engine's own follow stream leaves them out; a plain read has them.
+    script = "echo one; sleep 0.3; printf 'two'; printf 'err' >&2"
+    job = create_job(TEST_IMAGE, ["sh", "-c", script], host=docker_host)
+    executor = docker_host.get_executor()
+    execution_id = launch(job, executor)
+    try:
+        assert b"".join(executor.stream_logs(execution_id, follow=True)) == b"one\ntwoerr"
+    finally:
+        executor.cleanup(execution_id)
+
+
 def test_a_new_executor_instance_can_take_over_a_running_container(docker_host):
     job = create_job(TEST_IMAGE, ["sh", "-c", "sleep 0.5; echo done"], host=docker_host)
     execution_id = launch(job, docker_host.get_executor())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
 
 import docker
 import docker.errors
@@ -45,6 +46,9 @@ LIVE_STATES = {"running", "restarting", "paused"}
 # stats frame comes about a second in, so a stream opened for a shorter one reports nothing
 # and costs the engine a request at its busiest moment, the container's start.
 SAMPLE_AFTER_SECONDS = 0.5
+# How many of the log's last entries are read for the line a follow stream left out: each
+# stream's last entry is among them unless the other stream printed this many lines after it.
+LAST_ENTRIES = 16
 
 
 class DockerExecutor(BaseExecutor):
@@ -387,6 +391,31 @@ class DockerExecutor(BaseExecutor):
             yield from stream
         finally:
             stream.close()
+        if follow:
+            yield from self._unfinished_last_lines(execution_id)
+
+    def _unfinished_last_lines(self, execution_id: str) -> Iterator[bytes]:
+        """The engine's follow stream leaves out a last line with no newline (seen on Docker
+        20.10, json-file and local drivers alike), which a plain read of the log has. Each
+        stream's last entry among the log's last few is asked for (the engine counts its
+        ``tail`` across both streams), and given when it has no newline: lines ending in one
+        were followed. Nothing when the container has been removed meanwhile (its output is
+        in the job's record)."""
+        for stream in ("stdout", "stderr"):
+            try:
+                entries = list(
+                    self.api.logs(
+                        execution_id,
+                        stdout=stream == "stdout",
+                        stderr=stream == "stderr",
+                        stream=True,
+                        tail=LAST_ENTRIES,
+                    )
+                )
+            except ENGINE_ERRORS:
+                return
+            if entries and not entries[-1].endswith(b"\n"):
+                yield entries[-1]
 
     # -- ending -----------------------------------------------------------------------
 
