@@ -9,6 +9,7 @@ it runs in the PostgreSQL pass of scripts/test only.
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -253,3 +254,105 @@ def test_database_restarted_twice_under_three_workers_strands_nothing(private_po
     assert final.get("attempt_rows") == JOBS, report
     assert final.get("jobs_without_exactly_one_attempt_row") == 0, report
     assert final.get("jobs_by_attempts") == {1: JOBS}, report
+
+
+SCHEDULE_MINUTES = 24
+RESTART_AT_MINUTES = (8, 16)
+
+
+def test_a_schedule_fires_each_due_minute_once_through_database_restarts(
+    private_postgres, tmp_path, monkeypatch
+):
+    """Three workers fire a ``* * * * *`` schedule while the test's clock moves a minute at
+    a time; twice, the server is restarted the moment a minute falls due, while the workers'
+    firings are in flight. Every minute gets its one job, and the workers carry on."""
+    from datetime import UTC, datetime, timedelta
+
+    from . import clock
+
+    url = private_postgres.fresh_database("cm_outage_schedules")
+    monkeypatch.setenv(clock.FILE_VARIABLE, str(tmp_path / "clock"))
+    start = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    clock.set_to(start)
+    settings = {**clock.SETTINGS, "HEARTBEAT_INTERVAL": 0.5, "WORKER_TIMEOUT": 5}
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "CONTAINER_MANAGER_LOG_LEVEL": "INFO",
+        "CONTAINER_MANAGER_SETTINGS": json.dumps(settings),
+    }
+    manage(env, "migrate", "--noinput")
+    manage(
+        env,
+        "shell",
+        "-c",
+        "from container_manager import scheduling\n"
+        "from container_manager.models import ExecutorHost, Schedule\n"
+        "ExecutorHost.objects.create(name='mock', executor_type='mock', max_concurrent_jobs=50)\n"
+        "scheduling.save_schedule(Schedule(name='each-minute', cron='* * * * *',"
+        " job_spec={'image': 'x', 'host': 'mock'}, successful_runs_to_keep=100))\n",
+    )
+
+    def cursor_after(minute) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(url, connect_timeout=2) as conn:
+                (cursor,) = conn.execute(
+                    "SELECT next_run_at FROM container_manager_schedule"
+                ).fetchone()
+        except psycopg.Error:
+            return False  # restarting
+        return cursor > minute
+
+    procs = []
+    try:
+        for i in range(3):
+            log_path = tmp_path / f"worker-{i}.log"
+            with log_path.open("wb") as log:
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(ROOT / "manage.py"),
+                        "process_container_jobs",
+                        "--poll-interval",
+                        "0.05",
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            proc.log_path = log_path
+            procs.append(proc)
+        logs = lambda: "\n".join(  # noqa: E731
+            f"--- worker {p.pid}\n{problems(p.log_path)}\n{tail(p.log_path)}" for p in procs
+        )
+        minutes = [start + timedelta(minutes=n) for n in range(1, SCHEDULE_MINUTES + 1)]
+        for number, minute in enumerate(minutes, start=1):
+            clock.set_to(minute + timedelta(seconds=1))
+            if number in RESTART_AT_MINUTES:
+                private_postgres.restart()
+            deadline = time.monotonic() + 30
+            while not cursor_after(minute):
+                assert time.monotonic() < deadline, f"{minute} never fired\n{logs()}"
+                time.sleep(0.05)
+
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            fired = conn.execute(
+                "SELECT scheduled_run_at, count(*) FROM container_manager_containerjob "
+                "GROUP BY scheduled_run_at ORDER BY scheduled_run_at"
+            ).fetchall()
+        assert fired == [(minute, 1) for minute in minutes], logs()
+        # The restarts reached the workers (not only the quiet moments between their looks).
+        assert "database error in worker loop" in logs(), logs()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        assert [proc.wait(30) for proc in procs] == [0, 0, 0], logs()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
