@@ -57,11 +57,11 @@ def retry_transient(step, what: str, seconds: float | None = None):
             if time.monotonic() + pause > deadline:
                 logger.error("%s: database unavailable for %.0f s; giving up", what, limit)
                 raise
-            logger.warning("%s: database unavailable (%s); retrying", what, _first_line(error))
+            logger.warning("%s: database unavailable (%s); retrying", what, first_line(error))
             reset_connection()
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from django.db import connections
 
 from . import logs
-from .db import drop_if_broken
+from .db import TRANSIENT_ERRORS, drop_if_broken, first_line
 
 logger = logs.get_logger(__name__)
 
@@ -100,6 +100,13 @@ class RunnerThreads:
         thread.name = handle.name
         try:
             target()
+        except TRANSIENT_ERRORS as error:  # expected of an outage: no traceback
+            logger.warning(
+                "%s stopped: the database is unavailable (%s); the worker's watchdog resumes "
+                "its job",
+                handle.name,
+                first_line(error),
+            )
         except Exception:  # a runner's job is resumed by the watchdog; the worker goes on
             logger.exception("%s crashed", handle.name)
         finally:
