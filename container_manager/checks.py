@@ -428,17 +428,23 @@ def derived_key_with_secrets(alias: str) -> list[checks.CheckMessage]:
     ]
 
 
+# Every check of this app carries this tag: a worker runs these (and Django's model checks)
+# at its start, not the URL checks, which would import the project's URLconf and with it
+# whatever its views need (an HTTP API's framework: 15 MB a worker).
+TAG = "container_manager"
+
+
 def register_checks() -> None:
     """Register every check (``AppConfig.ready``)."""
-    checks.register(check_settings)
-    checks.register(check_encryption_keys, checks.Tags.security)
-    checks.register(check_executors)
-    checks.register(check_clock)
-    checks.register(_per_database(hosts_missing_client), checks.Tags.database)
-    checks.register(_per_database(webhooks_unsigned), checks.Tags.database)
-    checks.register(_per_database(sqlite_with_workers), checks.Tags.database)
+    checks.register(check_settings, TAG)
+    checks.register(check_encryption_keys, TAG, checks.Tags.security)
+    checks.register(check_executors, TAG)
+    checks.register(check_clock, TAG)
+    checks.register(_per_database(hosts_missing_client), TAG, checks.Tags.database)
+    checks.register(_per_database(webhooks_unsigned), TAG, checks.Tags.database)
+    checks.register(_per_database(sqlite_with_workers), TAG, checks.Tags.database)
     deploy = {"deploy": True}
     # Not tagged ``database``: it reads the settings, and the database only when one is named
     # (Django 6 leaves database-tagged checks out when none is).
-    checks.register(sqlite_in_production, **deploy)
-    checks.register(_on_deploy(derived_key_with_secrets), checks.Tags.security, **deploy)
+    checks.register(sqlite_in_production, TAG, **deploy)
+    checks.register(_on_deploy(derived_key_with_secrets), TAG, checks.Tags.security, **deploy)

@@ -224,3 +224,20 @@ def test_manage_py_check_fails_naming_the_problem():
     assert "CONTAINER_MANAGER['POLL_INTERVAL'] must be a positive number, not -1" in str(
         raised.value
     )
+
+
+def test_a_worker_runs_every_check_of_this_app_but_not_the_url_checks():
+    # The URL checks import the project's URLconf, and with it what its views need.
+    from django.core.checks.registry import registry
+
+    from container_manager.management.commands.process_container_jobs import Command
+
+    ours = [
+        check
+        for check in registry.get_checks(include_deployment_checks=True)
+        if check.__module__ == "container_manager.checks"
+    ]
+    assert len(ours) == 9
+    assert all(cm_checks.TAG in check.tags for check in ours)
+    assert cm_checks.TAG in Command.requires_system_checks
+    assert checks.Tags.urls not in Command.requires_system_checks

@@ -2,8 +2,10 @@ import argparse
 import logging
 
 from django.conf import settings
+from django.core import checks
 from django.core.management.base import BaseCommand, CommandError
 
+from container_manager import checks as checks_of_this_app
 from container_manager.models import ExecutorHost
 from container_manager.worker import Worker
 
@@ -29,6 +31,7 @@ positive_int = positive(int, "whole number")
 
 class Command(BaseCommand):
     help = "Run a worker: claim queued container jobs, run them, record their outcome."
+    requires_system_checks = [checks.Tags.models, checks_of_this_app.TAG]
 
     def add_arguments(self, parser):
         parser.add_argument(
