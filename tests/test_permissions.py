@@ -209,12 +209,17 @@ def test_each_subcommand_checks_the_users_permission(jobs, args, permission, doi
         cli(*args[:1], "--user", "bob", *args[1:])
 
 
-def test_reading_needs_no_permission_beyond_the_operators(jobs):
-    make_user("reader")
+def test_reading_jobs_as_a_user_needs_the_view_permission(jobs):
+    reader = make_user("reader")
     queued, _ = jobs
+    needs = "user 'reader' may not view jobs (needs container_manager.view_containerjob)"
+    for args in (["list"], ["show", str(queued.pk)], ["logs", str(queued.pk)]):
+        assert refused("--user", "reader", *args) == needs
+    assert "mock" in cli("--user", "reader", "hosts")  # hosts are no jobs
+    grant(reader, "view_containerjob")
     assert str(queued.pk) in cli("--user", "reader", "list")
     assert f"ID: {queued.pk}" in cli("--user", "reader", "show", str(queued.pk))
-    assert "mock" in cli("--user", "reader", "hosts")
+    assert str(queued.pk) in cli("list")  # the operator, without --user, reads everything
 
 
 def test_create_records_the_acting_user(jobs):
@@ -249,7 +254,7 @@ def test_without_user_the_operator_may_do_everything_but_reveal(jobs):
 
 def test_reveal_secrets_shows_clear_values_to_a_permitted_user(mock_host):
     job = api.create_job("alpine", host=mock_host, env={"API_TOKEN": TOKEN, "MODE": "fast"})
-    make_user("carol", "reveal_secrets")
+    make_user("carol", "view_containerjob", "reveal_secrets")
     masked = cli("--user", "carol", "show", str(job.pk))
     assert TOKEN not in masked and f"    API_TOKEN={MASK}" in masked.splitlines()
     shown = cli("--user", "carol", "show", str(job.pk), "--reveal-secrets")

@@ -28,7 +28,7 @@ from container_manager import bulk_operations as bulk
 from container_manager.executors import ExecutorError
 from container_manager.fields import short_repr
 from container_manager.models import ContainerJob, ExecutorHost, JobArray, Schedule, as_job_id
-from container_manager.permissions import ADD, CANCEL, RETRY, REVEAL, Needed, refusal
+from container_manager.permissions import ADD, CANCEL, RETRY, REVEAL, VIEW, Needed, refusal
 from container_manager.routing import describe_request
 from container_manager.secrets import SecretError
 from container_manager.serializers import (
@@ -608,6 +608,9 @@ class Command(BaseCommand):
             needed.append(CHECK_HOSTS)
         if subcommand == "show" and options.get("reveal_secrets"):
             needed.append(REVEAL)
+        reading_arrays = subcommand == "array" and options["array_action"] in ("list", "show")
+        if subcommand in ("list", "show", "logs") or reading_arrays:
+            needed.append(VIEW)  # as in the admin and the HTTP API
         return needed
 
     # -- helpers -----------------------------------------------------------------------
