@@ -168,6 +168,8 @@ def pickups(job_ids: list) -> dict:
 
 
 def prune_under_load() -> dict:
+    from django.utils import timezone
+
     from container_manager import retention
     from container_manager.models import ContainerJob, ExecutorHost
 
@@ -177,6 +179,11 @@ def prune_under_load() -> dict:
         time.sleep(3)  # the workers are up and listening
         baseline_ids = feed(20)
         before = ContainerJob.objects.count()
+        # What must survive: every job that ended after the cutoff (or has not ended); a
+        # minute's margin, as the prune takes its cutoff a moment later.
+        cutoff = timezone.now() - timedelta(days=60)
+        newer = ContainerJob.objects.exclude(finished_at__lt=cutoff + timedelta(minutes=1))
+        kept_before = newer.count()
         dry_start = time.perf_counter()
         to_delete = retention.prune_jobs(timedelta(days=60), dry_run=True).jobs
         dry_ms = (time.perf_counter() - dry_start) * 1000
@@ -189,6 +196,7 @@ def prune_under_load() -> dict:
         prune_s = time.perf_counter() - start
         done.set()
         feeder.join()
+        kept_after = newer.count()
         return {
             "jobs_before": before,
             "dry_run_count": to_delete,
@@ -197,6 +205,12 @@ def prune_under_load() -> dict:
             "batches": pruned.batches,
             "prune_s": prune_s,
             "deleted_per_s": pruned.jobs / prune_s,
+            # Nothing wrongly deleted: the newer jobs all stay, the fed ones with them, and
+            # the prune deleted what its dry run counted.
+            "newer_jobs_kept": kept_after == kept_before + len(fed),
+            "left_older_than_cutoff": ContainerJob.objects.filter(
+                finished_at__lt=cutoff - timedelta(minutes=1)
+            ).count(),
             "baseline": pickups(baseline_ids),
             "during_prune": pickups(fed),
         }
@@ -237,6 +251,11 @@ def print_table(results: dict) -> None:
         ("scrape, EXPLAIN ANALYZE total", f"{s['explain_analyze_ms_total']:.1f} ms"),
         ("prune 60d --dry-run", f"{p['dry_run_count']:,} jobs in {p['dry_run_ms']:.0f} ms"),
         ("prune 60d", f"{p['deleted']:,} jobs, {p['batches']} batches, {p['prune_s']:.1f} s"),
+        (
+            "nothing wrongly deleted",
+            f"newer jobs all kept: {p['newer_jobs_kept']}; deleted = dry run: "
+            f"{p['deleted'] == p['dry_run_count']}; older left: {p['left_older_than_cutoff']}",
+        ),
         ("pickup p99 / max, baseline", pickup_cell(before)),
         ("pickup p99 / max, during prune", pickup_cell(during)),
         ("scrape after the prune", f"{results['scrape_after_prune']['scrape_ms_median']:.1f} ms"),

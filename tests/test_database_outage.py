@@ -59,6 +59,20 @@ def manage(env, *args, timeout=120):
     return result.stdout
 
 
+def start_worker(env, log_path, *args):
+    """A ``process_container_jobs`` process writing to ``log_path`` (kept as ``log_path``)."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "process_container_jobs", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    proc.log_path = log_path
+    return proc
+
+
 def snapshot(url):
     """Job status counts and attempt figures, or the error if the server cannot be reached."""
     import psycopg
@@ -159,26 +173,8 @@ def test_database_restarted_twice_under_three_workers_strands_nothing(private_po
 
     try:
         for i in range(WORKERS):
-            log_path = tmp_path / f"worker-{i}.log"
-            with log_path.open("wb") as log:
-                proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(ROOT / "manage.py"),
-                        "process_container_jobs",
-                        "--until-idle",
-                        "--poll-interval",
-                        "0.1",
-                        "--max-concurrent",
-                        "4",
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            proc.log_path = log_path
-            procs.append(proc)
+            args = ["--until-idle", "--poll-interval", "0.1", "--max-concurrent", "4"]
+            procs.append(start_worker(env, tmp_path / f"worker-{i}.log", *args))
         note(f"started {WORKERS} workers: pids {[p.pid for p in procs]}")
 
         last_seen, last_change = None, time.monotonic()
@@ -308,23 +304,7 @@ def test_a_schedule_fires_each_due_minute_once_through_database_restarts(
     procs = []
     try:
         for i in range(3):
-            log_path = tmp_path / f"worker-{i}.log"
-            with log_path.open("wb") as log:
-                proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(ROOT / "manage.py"),
-                        "process_container_jobs",
-                        "--poll-interval",
-                        "0.05",
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            proc.log_path = log_path
-            procs.append(proc)
+            procs.append(start_worker(env, tmp_path / f"worker-{i}.log", "--poll-interval", "0.05"))
         logs = lambda: "\n".join(  # noqa: E731
             f"--- worker {p.pid}\n{problems(p.log_path)}\n{tail(p.log_path)}" for p in procs
         )
