@@ -497,7 +497,7 @@ ENDING_WAIT_SECONDS = 10.0
 
 
 def _last_line(last_line: str, text: str) -> str:
-    before, newline, after = text.rpartition("\n")
+    _, newline, after = text.rpartition("\n")
     return after if newline else last_line + after
 
 
@@ -511,7 +511,7 @@ def _unstreamed_endings(job: ContainerJob, last_line: str, poll: float) -> Itera
     except TimeoutError:
         return
     for stored in (job.stdout, job.stderr):
-        before, newline, ending = stored.rpartition("\n")
+        ending = stored.rpartition("\n")[2]
         if ending and ending not in last_line:
             last_line += ending
             yield ending
