@@ -413,6 +413,10 @@ class HousekeepingTaskQuerySet(models.QuerySet):
             )
         )
 
+    def give_back(self, name: str) -> None:
+        """Make the task ``name`` due again now: its taker stopped before the end."""
+        self.filter(name=name).update(next_run_at=timezone.now())
+
 
 class HousekeepingTask(models.Model):
     """A chore the workers share, such as the daily retention: when it is next due."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-import time
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -104,6 +104,7 @@ class Progress:
 
     jobs: int = 0
     batches: int = 0
+    stopped: bool = False  # told to stop before the end
 
 
 def prune_jobs(
@@ -115,11 +116,12 @@ def prune_jobs(
     dry_run: bool = False,
     batch_size: int = BATCH_SIZE,
     pause: float = 0.0,
+    stop: threading.Event | None = None,
 ) -> Progress:
     """Delete the finished jobs older than ``older_than`` (with their attempts), a batch per
     transaction, sleeping ``pause`` seconds between batches. ``trim_output``: empty their
     stored stdout and stderr instead, keeping the rest of their record. ``dry_run``: only
-    count them."""
+    count them. ``stop``: once set, no batch is begun."""
     jobs = finished_before(older_than, statuses, keep_failed)
     if trim_output:
         jobs, apply = jobs.exclude(stdout="", stderr=""), _trim
@@ -127,7 +129,7 @@ def prune_jobs(
         jobs, apply = deletable(jobs), _delete
     if dry_run:
         return Progress(jobs=jobs.count())
-    return _in_batches(jobs, apply, batch_size, pause)
+    return _in_batches(jobs, apply, batch_size, pause, stop or threading.Event())
 
 
 def prune_workers(older_than: timedelta, dry_run: bool = False) -> int:
@@ -163,13 +165,18 @@ def _lock(jobs: ContainerJobQuerySet) -> list:
     return list(jobs.select_for_update(skip_locked=True).values_list("pk", flat=True))
 
 
-def _in_batches(jobs: ContainerJobQuerySet, apply, batch_size: int, pause: float) -> Progress:
+def _in_batches(
+    jobs: ContainerJobQuerySet, apply, batch_size: int, pause: float, stop: threading.Event
+) -> Progress:
     if batch_size < 1:
         raise ValidationError(f"batch_size must be at least 1, not {batch_size}")
     done = Progress()
     for batch in _pages(jobs, batch_size):
         if done.batches and pause:
-            time.sleep(pause)
+            stop.wait(pause)
+        if stop.is_set():
+            done.stopped = True
+            break
         with transaction.atomic():
             done.jobs += apply(jobs.filter(pk__in=batch))
         done.batches += 1
@@ -203,17 +210,31 @@ def daily_retention_due() -> bool:
     return HousekeepingTask.objects.take(DAILY, timedelta(days=1))
 
 
-def apply_retention_settings(pause: float = 0.1) -> tuple[Progress, Progress]:
+def apply_retention_settings(
+    pause: float = 0.1, stop: threading.Event | None = None
+) -> tuple[Progress, Progress]:
     """Trim and prune as the settings say (what a worker does once a day); returns what was
-    trimmed and what was deleted. ``pause`` between batches leaves the database to others."""
+    trimmed and what was deleted. ``pause`` between batches leaves the database to others.
+    ``stop`` (the worker stopping): once set, no batch is begun, and the day's retention is
+    given back for the next worker to take up where this one stopped."""
+    stop = stop or threading.Event()
     trimmed = deleted = Progress()
     workers = 0
     if (days := setting("RETENTION_TRIM_OUTPUT_DAYS")) is not None:
-        trimmed = prune_jobs(timedelta(days=days), trim_output=True, pause=pause)
-    if (days := setting("RETENTION_DAYS")) is not None:
-        deleted = prune_jobs(timedelta(days=days), pause=pause)
-        workers = prune_workers(timedelta(days=days))
-    if trimmed.jobs or deleted.jobs or workers or logger.isEnabledFor(logging.DEBUG):
+        trimmed = prune_jobs(timedelta(days=days), trim_output=True, pause=pause, stop=stop)
+    if (days := setting("RETENTION_DAYS")) is not None and not stop.is_set():
+        deleted = prune_jobs(timedelta(days=days), pause=pause, stop=stop)
+        if not stop.is_set():
+            workers = prune_workers(timedelta(days=days))
+    if stop.is_set():
+        HousekeepingTask.objects.give_back(DAILY)
+        logger.info(
+            "retention: stopped with the worker after emptying the output of %d job(s) and "
+            "deleting %d; the next worker takes it up",
+            trimmed.jobs,
+            deleted.jobs,
+        )
+    elif trimmed.jobs or deleted.jobs or workers or logger.isEnabledFor(logging.DEBUG):
         logger.info(
             "retention: emptied the output of %d job(s), deleted %d job(s) and the records "
             "of %d worker(s) gone",

@@ -292,7 +292,7 @@ class Worker:
             return
         self.housekeeper = threading.Thread(
             target=self._in_thread,
-            args=(retention.apply_retention_settings,),
+            args=(lambda: retention.apply_retention_settings(stop=self.stopping),),
             name="cm-retention",
             daemon=True,
         )

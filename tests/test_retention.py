@@ -279,3 +279,31 @@ def test_a_worker_whose_record_was_deleted_writes_it_again(db):
     loop._heartbeat()
     again = Worker.objects.get(pk=loop.record.pk)
     assert (again.hostname, again.pid, again.stopped_at) == ("h", 7, None)
+
+
+def test_a_worker_stopping_stops_the_retention_and_gives_the_day_back(
+    mock_host, settings, monkeypatch
+):
+    settings.CONTAINER_MANAGER = {"RETENTION_DAYS": 30}
+    fill(mock_host, 2500, days_ago=40)
+    assert retention.daily_retention_due()
+    stopping = threading.Event()
+    batches = []
+
+    def delete(jobs):
+        batches.append(jobs)
+        if len(batches) == 2:
+            stopping.set()  # the worker is told to stop during the second batch
+        return real_delete(jobs)
+
+    real_delete = retention._delete
+    monkeypatch.setattr(retention, "_delete", delete)
+    _trimmed, deleted = retention.apply_retention_settings(pause=0, stop=stopping)
+    monkeypatch.undo()
+    assert (deleted.jobs, deleted.batches, deleted.stopped) == (2000, 2, True)
+    assert ContainerJob.objects.count() == 500
+    # The next worker takes it up today, and finishes it.
+    assert retention.daily_retention_due()
+    _trimmed, deleted = retention.apply_retention_settings(pause=0)
+    assert (deleted.jobs, deleted.stopped) == (500, False)
+    assert not retention.daily_retention_due()
