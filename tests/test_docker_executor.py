@@ -386,13 +386,15 @@ def test_stream_logs_yields_combined_output(docker_host):
 
 
 def test_following_gives_last_lines_without_a_newline(docker_host):
-    # The engine's own follow stream leaves them out; a plain read has them.
+    # The engine's own follow stream often leaves them out; a plain read has them.
     script = "echo one; sleep 0.3; printf 'two'; printf 'err' >&2"
     job = create_job(TEST_IMAGE, ["sh", "-c", script], host=docker_host)
     executor = docker_host.get_executor()
     execution_id = launch(job, executor)
     try:
-        assert b"".join(executor.stream_logs(execution_id, follow=True)) == b"one\ntwoerr"
+        followed = b"".join(executor.stream_logs(execution_id, follow=True))
+        # Once each, whether the engine's stream had them or not; their order is the engine's.
+        assert followed in (b"one\ntwoerr", b"one\nerrtwo")
     finally:
         executor.cleanup(execution_id)
 

@@ -387,16 +387,23 @@ class DockerExecutor(BaseExecutor):
             raise self._error(
                 error, f"reading the logs of container {execution_id[:12]}"
             ) from error
+        last_line = b""  # what came after the last newline: where an unfinished line shows
         try:
-            yield from stream
+            for chunk in stream:
+                _, newline, after = chunk.rpartition(b"\n")
+                last_line = after if newline else last_line + after
+                yield chunk
         finally:
             stream.close()
         if follow:
-            yield from self._unfinished_last_lines(execution_id)
+            for ending in self._unfinished_last_lines(execution_id):
+                if ending not in last_line:  # the follow stream sometimes has it after all
+                    last_line += ending
+                    yield ending
 
     def _unfinished_last_lines(self, execution_id: str) -> Iterator[bytes]:
-        """The engine's follow stream leaves out a last line with no newline (seen on Docker
-        20.10, json-file and local drivers alike), which a plain read of the log has. Each
+        """The engine's follow stream often leaves out a last line with no newline (seen on
+        Docker 20.10, json-file and local drivers alike), which a plain read of the log has. Each
         stream's last entry among the log's last few is asked for (the engine counts its
         ``tail`` across both streams), and given when it has no newline: lines ending in one
         were followed. Nothing when the container has been removed meanwhile (its output is
