@@ -20,7 +20,7 @@ from . import secrets as sealing
 from .exceptions import ExecutorError
 from .fields import NUL_MESSAGE, short_repr
 from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost, as_job_id
-from .output import decode_output, split_incomplete_utf8
+from .output import LastLine, decode_output, split_incomplete_utf8
 from .routing import check_routable
 from .states import ACTIVE, RETRYABLE, JobStatus
 
@@ -469,49 +469,39 @@ def follow_output(
     if job.is_terminal or not job.host or not execution_id:
         yield from stored_output(job)
         return
-    last_line = None  # of what was streamed: None until something was
+    streamed = False
+    last_line = LastLine("\n")
     pending = b""
     try:
         for chunk in job.host.get_executor().stream_logs(execution_id, follow=True):
             complete, pending = split_incomplete_utf8(pending + chunk)
             if complete:
-                text = decode_output(complete)
-                last_line = _last_line(last_line or "", text)
-                yield text
+                streamed = True
+                yield last_line.feed(decode_output(complete))
     except ExecutorError as error:
-        if last_line is not None:
+        if streamed:
             raise
         say(f"Cannot stream from the executor ({error}); waiting for the job.")
     if pending:
-        text = decode_output(pending)
-        last_line = _last_line(last_line or "", text)
-        yield text
-    if last_line is None:
-        yield from stored_output(wait_for_job(job, interval=poll))
-    else:
+        streamed = True
+        yield last_line.feed(decode_output(pending))
+    if streamed:
         yield from _unstreamed_endings(job, last_line, poll)
+    else:
+        yield from stored_output(wait_for_job(job, interval=poll))
 
 
 # How long a follower waits, once the stream has ended, for the job's record to show its end.
 ENDING_WAIT_SECONDS = 10.0
 
 
-def _last_line(last_line: str, text: str) -> str:
-    _, newline, after = text.rpartition("\n")
-    return after if newline else last_line + after
-
-
-def _unstreamed_endings(job: ContainerJob, last_line: str, poll: float) -> Iterator[str]:
+def _unstreamed_endings(job: ContainerJob, last_line: LastLine[str], poll: float) -> Iterator[str]:
     """The last lines without a newline that the stream left out, read from the job's
-    record once it has ended. (Docker's follow stream leaves them out; its executor gives
-    them back while the container is there, and the worker may have removed it first.) A
-    stream's ending that the last streamed line already holds was given."""
+    record once it has ended. (Docker's follow stream often leaves them out; its executor
+    gives them back while the container is there, and the worker may have removed it
+    first.)"""
     try:
         job = wait_for_job(job, timeout=ENDING_WAIT_SECONDS, interval=poll)
     except TimeoutError:
         return
-    for stored in (job.stdout, job.stderr):
-        ending = stored.rpartition("\n")[2]
-        if ending and ending not in last_line:
-            last_line += ending
-            yield ending
+    yield from last_line.unseen(stored.rpartition("\n")[2] for stored in (job.stdout, job.stderr))

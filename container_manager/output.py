@@ -1,6 +1,7 @@
 """Keep a container's output within a size cap and store it safely as text."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import AnyStr, Generic
 
 from .conf import setting
 
@@ -106,3 +107,28 @@ def without_cut_head(data: bytes) -> bytes:
     while start < min(3, len(data)) and 0x80 <= data[start] < 0xC0:
         start += 1
     return data[start:]
+
+
+class LastLine(Generic[AnyStr]):
+    """What a stream gave after its last newline (text or bytes, as ``newline`` is).
+
+    A follower that reads unfinished last lines again once a stream has ended (from the
+    engine, from the job's record) gives only those the stream left out: ``unseen``.
+    """
+
+    def __init__(self, newline: AnyStr):
+        self.newline: AnyStr = newline
+        self.text: AnyStr = newline[:0]
+
+    def feed(self, chunk: AnyStr) -> AnyStr:
+        """Note ``chunk``, as given by the stream; returns it."""
+        _, found, after = chunk.rpartition(self.newline)
+        self.text = after if found else self.text + after
+        return chunk
+
+    def unseen(self, endings: Iterable[AnyStr]) -> Iterator[AnyStr]:
+        """Those of ``endings`` that the stream's last line does not already hold."""
+        for ending in endings:
+            if ending and ending not in self.text:
+                self.text += ending
+                yield ending

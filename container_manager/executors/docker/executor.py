@@ -22,7 +22,7 @@ from docker.models.containers import _create_container_args
 
 from ... import logs
 from ...exceptions import ExecutorError, HostError, LaunchError
-from ...output import CappedOutput
+from ...output import CappedOutput, LastLine
 from ...spec import ATTEMPT_LABEL, HOST_LABEL, JOB_ID_LABEL, MANAGED_LABEL
 from ..base import EXITED, NOT_FOUND, RUNNING, BaseExecutor, Health, Outcome
 from .connection import ENGINE_ERRORS, connect, host_problems, unavailable, where
@@ -387,19 +387,14 @@ class DockerExecutor(BaseExecutor):
             raise self._error(
                 error, f"reading the logs of container {execution_id[:12]}"
             ) from error
-        last_line = b""  # what came after the last newline: where an unfinished line shows
+        last_line = LastLine(b"\n")
         try:
             for chunk in stream:
-                _, newline, after = chunk.rpartition(b"\n")
-                last_line = after if newline else last_line + after
-                yield chunk
+                yield last_line.feed(chunk)
         finally:
             stream.close()
-        if follow:
-            for ending in self._unfinished_last_lines(execution_id):
-                if ending not in last_line:  # the follow stream sometimes has it after all
-                    last_line += ending
-                    yield ending
+        if follow:  # unseen: the follow stream sometimes has them after all
+            yield from last_line.unseen(self._unfinished_last_lines(execution_id))
 
     def _unfinished_last_lines(self, execution_id: str) -> Iterator[bytes]:
         """The engine's follow stream often leaves out a last line with no newline (seen on
