@@ -49,8 +49,14 @@ def test_four_workers_run_each_of_many_jobs_exactly_once(worker_processes):
     assert JobAttempt.objects.count() == count
     assert not JobAttempt.objects.values("job").annotate(n=Count("pk")).filter(n__gt=1).exists()
     assert ContainerJob.objects.values("execution_id").distinct().count() == count
-    # Every worker took part.
-    assert JobAttempt.objects.values("worker").distinct().count() == 4
+    # Every worker took part. SQLite hands its one write lock to whichever waiter retries
+    # first, so on a loaded machine a worker may win none of 200 claims: there, that the
+    # work was shared is all that can be asked.
+    workers_that_ran_jobs = JobAttempt.objects.values("worker").distinct().count()
+    if connection.vendor == "postgresql":
+        assert workers_that_ran_jobs == 4
+    else:
+        assert workers_that_ran_jobs >= 2
 
 
 def test_per_host_limit_holds_across_workers(worker_processes):
