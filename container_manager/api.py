@@ -18,6 +18,7 @@ from django.utils import timezone
 from . import envfile, limits, notify
 from . import secrets as sealing
 from .exceptions import ExecutorError
+from .executors.base import RUNNING
 from .fields import NUL_MESSAGE, short_repr
 from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost, as_job_id
 from .output import LastLine, decode_output, split_incomplete_utf8
@@ -453,55 +454,145 @@ def follow_output(
     say: Callable[[str], None] = logger.info,
 ) -> Iterator[str]:
     """What ``job`` prints (stdout and stderr together), as text, as it is printed, until
-    it ends. A job that has not started is waited for; one that has ended, or that its
-    executor cannot stream (cleaned up already, or seen only by another process), gives its
-    stored output once it ends. ``say`` hears why nothing comes for a while.
+    it ends, through all its attempts. A job that has not started is waited for, and so is
+    its next attempt. When its host stops answering (an engine restarting, say), the job is
+    waited for and read on from where it was once the host answers again. A job that has
+    ended, or that its executor cannot stream (cleaned up already, or seen only by another
+    process), gives its stored output once it ends. ``say`` hears why nothing comes for a
+    while.
 
     Bytes are decoded as they are stored (``decode_output``), a character cut between two
-    chunks decoded whole. Raises ExecutorError if streaming fails after output was given.
+    chunks decoded whole.
     """
+    job = _started(job, poll, say)
+    while not job.is_terminal:
+        if not job.host or not job.get_execution_identifier():
+            yield from stored_output(wait_for_job(job, interval=poll))
+            return
+        execution = _FollowedExecution(job)
+        yield from execution.follow(poll, say)
+        moved_on = execution.moved_on(poll, say)
+        if moved_on is None:  # nothing recorded its end: no worker holds the job now
+            yield from execution.rest()
+            return
+        if moved_on.is_terminal:
+            yield from execution.ending(moved_on, say)
+            return
+        yield from execution.rest()
+        why = f" ({moved_on.last_error.splitlines()[0]})" if moved_on.last_error else ""
+        say(f"Attempt {execution.attempt} of job {job.pk} ended{why}; following the next.")
+        job = _started(moved_on, poll, say)
+    yield from stored_output(job)
+
+
+def _started(job: ContainerJob, poll: float, say: Callable[[str], None]) -> ContainerJob:
+    """``job`` once it runs or has ended, refreshed."""
     if not job.is_terminal and job.status != JobStatus.RUNNING:
         say(f"Waiting for job {job.pk} to start (it is {job.status})...")
     while not job.is_terminal and job.status != JobStatus.RUNNING:
         time.sleep(poll)
         job.refresh_from_db()
-    execution_id = job.get_execution_identifier()
-    if job.is_terminal or not job.host or not execution_id:
-        yield from stored_output(job)
-        return
-    streamed = False
-    last_line = LastLine("\n")
-    pending = b""
-    try:
-        for chunk in job.host.get_executor().stream_logs(execution_id, follow=True):
-            complete, pending = split_incomplete_utf8(pending + chunk)
-            if complete:
-                streamed = True
-                yield last_line.feed(decode_output(complete))
-    except ExecutorError as error:
-        if streamed:
-            raise
-        say(f"Cannot stream from the executor ({error}); waiting for the job.")
-    if pending:
-        streamed = True
-        yield last_line.feed(decode_output(pending))
-    if streamed:
-        yield from _unstreamed_endings(job, last_line, poll)
-    else:
-        yield from stored_output(wait_for_job(job, interval=poll))
+    return job
 
 
-# How long a follower waits, once the stream has ended, for the job's record to show its end.
+# How long a follower waits, once an execution has ended, for the job's record to show it.
 ENDING_WAIT_SECONDS = 10.0
 
 
-def _unstreamed_endings(job: ContainerJob, last_line: LastLine[str], poll: float) -> Iterator[str]:
-    """The last lines without a newline that the stream left out, read from the job's
-    record once it has ended. (Docker's follow stream often leaves them out; its executor
-    gives them back while the container is there, and the worker may have removed it
-    first.)"""
-    try:
-        job = wait_for_job(job, timeout=ENDING_WAIT_SECONDS, interval=poll)
-    except TimeoutError:
-        return
-    yield from last_line.unseen(stored.rpartition("\n")[2] for stored in (job.stdout, job.stderr))
+class _FollowedExecution:
+    """One attempt's execution, followed: its output is given once, in order, whatever
+    breaks its stream, by counting the bytes given and skipping them when reading again."""
+
+    def __init__(self, job: ContainerJob):
+        assert job.host is not None
+        self.job = job
+        self.attempt = job.attempts
+        self.execution_id = job.get_execution_identifier()
+        self.executor = job.host.get_executor()
+        self.given = 0  # bytes of its output given so far
+        self.pending = b""  # the start of a character cut at the end of a chunk
+        self.last_line = LastLine("\n")
+        self.unsure = False  # the stream broke off: what was given may be short
+
+    def follow(self, poll: float, say: Callable[[str], None]) -> Iterator[str]:
+        """Its output until it has ended, or until the job's record shows it no longer
+        runs (a worker stopped it, or gave it up with its host)."""
+        away = False  # its host did not answer the last time it was asked
+        while True:
+            try:
+                for text in self._read_on():
+                    if away:
+                        say(f"Job {self.job.pk}'s host answers again; reading on.")
+                        away = False
+                    yield text
+                self.unsure = False
+                if self.executor.status(self.execution_id) != RUNNING:
+                    return
+            except ExecutorError as error:
+                self.unsure = True
+                if not away:
+                    say(f"Cannot read job {self.job.pk} from its host ({error}); waiting.")
+                away = True
+            # Its stream broke off while it runs, or its host is away: read on after a while.
+            time.sleep(poll)
+            if not self._still_running():
+                return
+
+    def _read_on(self) -> Iterator[str]:
+        seen = 0
+        for chunk in self.executor.stream_logs(self.execution_id, follow=True):
+            fresh = chunk[max(0, self.given - seen) :]
+            seen += len(chunk)
+            if fresh:
+                self.given += len(fresh)
+                complete, self.pending = split_incomplete_utf8(self.pending + fresh)
+                if complete:
+                    yield self.last_line.feed(decode_output(complete))
+
+    def _still_running(self) -> bool:
+        job = self.job
+        job.refresh_from_db()
+        return job.status == JobStatus.RUNNING and job.get_execution_identifier() == (
+            self.execution_id
+        )
+
+    def moved_on(self, poll: float, say: Callable[[str], None]) -> ContainerJob | None:
+        """The job once its record no longer shows this execution running (ended, or on
+        to its next attempt). While a worker holds the job that is waited for, however long
+        the worker takes (it follows an unreachable host for ``ENGINE_OUTAGE_GRACE``);
+        otherwise for ``ENDING_WAIT_SECONDS``, then None."""
+        deadline = time.monotonic() + ENDING_WAIT_SECONDS
+        with notify.job_endings(self.job.pk, poll=poll) as pause:
+            while self._still_running():
+                if time.monotonic() >= deadline:
+                    if self.job.worker_id is None:
+                        return None
+                    say(f"Job {self.job.pk}'s execution has ended; waiting for its worker.")
+                    deadline = math.inf
+                pause(min(poll, max(0.0, deadline - time.monotonic())))
+        return self.job
+
+    def rest(self) -> Iterator[str]:
+        """A character left cut at the very end, as it is."""
+        if self.pending:
+            yield self.last_line.feed(decode_output(self.pending))
+            self.pending = b""
+
+    def ending(self, job: ContainerJob, say: Callable[[str], None]) -> Iterator[str]:
+        """What the ended job's record holds that was not given: all of it when nothing
+        of its last execution was, else the last lines without a newline a stream leaves
+        out (Docker's often does; its executor gives them back while the container is
+        there, and the worker may have removed it first)."""
+        yield from self.rest()
+        if job.get_execution_identifier() != self.execution_id:
+            say(f"Attempt {job.attempts} of job {job.pk} ran meanwhile; its output:")
+            yield from stored_output(job)
+            return
+        if self.given == 0:
+            yield from stored_output(job)
+            return
+        if self.unsure:
+            say(f"Its host was away: `logs {job.pk}` prints attempt {self.attempt}'s whole output.")
+        yield from self.last_line.unseen(
+            stored.rpartition("\n")[2] for stored in (job.stdout, job.stderr)
+        )

@@ -4,14 +4,18 @@ started again, flooded with output, and a worker told twice to stop.
 The engine is a private one (tests/engines.py), never the shared engine other tests use.
 """
 
+import contextlib
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from django.db import connections
 from django.db.models import Count
 
+from container_manager import api
 from container_manager.api import create_job
 from container_manager.live_output import read_live_output
 from container_manager.models import ContainerJob, ExecutorHost
@@ -34,10 +38,10 @@ FAST = {
 }
 
 
-@pytest.fixture
-def engine(docker_engine):
+@contextlib.contextmanager
+def private_engine(docker_engine, *args):
     require_dockerd()
-    engine = PrivateEngine(extra_args=["--shutdown-timeout=1"])
+    engine = PrivateEngine(extra_args=["--shutdown-timeout=1", *args])
     try:
         engine.start()
         engine.load_test_image(docker_engine)
@@ -47,7 +51,12 @@ def engine(docker_engine):
 
 
 @pytest.fixture
-def host(engine):
+def engine(docker_engine):
+    with private_engine(docker_engine) as engine:
+        yield engine
+
+
+def host_on(engine):
     return ExecutorHost.objects.create(
         name="private-engine",
         executor_type="docker",
@@ -55,6 +64,11 @@ def host(engine):
         executor_config={"pull_policy": "never"},
         max_concurrent_jobs=6,
     )
+
+
+@pytest.fixture
+def host(engine):
+    return host_on(engine)
 
 
 def start_worker(worker_processes, host, *args, settings=None):
@@ -219,3 +233,40 @@ def test_the_log_panel_says_when_the_engine_is_gone_and_reads_on_when_it_is_back
     assert back.error == "" and not back.restarted, back
     assert back.offset >= before.offset  # it reads on from where the panel was
     assert "line-1\n" not in back.text  # not the whole log again
+
+
+def test_a_follower_reads_on_through_an_engine_restart_that_the_container_outlives(
+    docker_engine, worker_processes
+):
+    # With live-restore the container runs on while its engine restarts; the engine's
+    # follow stream ends when it goes, and a new one starts from the first line.
+    with private_engine(docker_engine, "--live-restore") as engine:
+        host = host_on(engine)
+        command = ["sh", "-c", "for i in $(seq 1 60); do echo line-$i; sleep 0.1; done"]
+        job = create_job(TEST_IMAGE, command, host=host)
+        start_worker(worker_processes, host, settings={"ENGINE_OUTAGE_GRACE": 60})
+        assert wait_until(lambda: statuses().get("running") == 1, 30), worker_processes.logs()
+        job.refresh_from_db()
+        followed, said = [], []
+
+        def follow():
+            try:
+                followed.extend(api.follow_output(job, poll=0.1, say=said.append))
+            finally:
+                connections.close_all()  # this thread's own
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        assert wait_until(lambda: "line-3\n" in "".join(followed), 15)
+        engine.stop()
+        time.sleep(2)
+        engine.start()
+        follower.join(60)
+        assert not follower.is_alive()
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == ("completed", 1), worker_processes.logs()
+    # Every line once, in order: none lost in the outage, none given again after it.
+    assert "".join(followed) == "".join(f"line-{i}\n" for i in range(1, 61))
+    assert said[0].startswith(f"Cannot read job {job.pk} from its host ("), said
+    assert f"Job {job.pk}'s host answers again; reading on." in said, said

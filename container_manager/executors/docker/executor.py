@@ -391,6 +391,10 @@ class DockerExecutor(BaseExecutor):
         try:
             for chunk in stream:
                 yield last_line.feed(chunk)
+        except ENGINE_ERRORS as error:  # the engine went away mid-stream
+            raise self._error(
+                error, f"reading the logs of container {execution_id[:12]}"
+            ) from error
         finally:
             stream.close()
         if follow:  # unseen: the follow stream sometimes has them after all
