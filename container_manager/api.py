@@ -592,7 +592,10 @@ class _FollowedExecution:
             yield from stored_output(job)
             return
         if self.unsure:
-            say(f"Its host was away: `logs {job.pk}` prints attempt {self.attempt}'s whole output.")
+            say(
+                f"Its host was away, so some of it may be missing here: "
+                f"`manage_container_job logs {job.pk}` prints it whole."
+            )
         yield from self.last_line.unseen(
             stored.rpartition("\n")[2] for stored in (job.stdout, job.stderr)
         )

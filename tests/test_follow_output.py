@@ -173,3 +173,22 @@ def test_a_job_no_worker_holds_is_left_after_the_ending_wait(job, monkeypatch):
     ScriptedExecutor.script = [step("stream", [b"out\n"]), step("status", EXITED)]
     assert follow(job) == ("out\n", [])
     assert ContainerJob.objects.get(pk=job.pk).status == JobStatus.RUNNING
+
+
+def test_output_missed_while_the_host_was_away_is_pointed_to(job):
+    ScriptedExecutor.script = [
+        step("stream", [b"one\n"]),
+        step("status", ExecutorError("engine unreachable")),
+        # Back, but the worker has harvested and removed the container meanwhile.
+        step(
+            "stream",
+            ExecutorError("container run-1 no longer exists"),
+            lambda: record(job, JobStatus.COMPLETED, stdout="one\ntwo\n"),
+        ),
+    ]
+    text, said = follow(job)
+    assert text == "one\n"
+    assert said[-1] == (
+        "Its host was away, so some of it may be missing here: "
+        f"`manage_container_job logs {job.pk}` prints it whole."
+    )
