@@ -87,12 +87,12 @@ def statuses():
 
 
 def test_engine_stopped_for_20_s_under_a_backlog_holds_it(engine, host, worker_processes):
-    # Six that run first and long enough for the engine's own shutdown to kill them (it stops
-    # containers with a 10 s grace), then a backlog of short ones.
+    # Six that run first and long enough for the engine's shutdown to end them (they end at
+    # its SIGTERM, so it does not wait out its 10 s grace), then a backlog of short ones.
     jobs = [
         create_job(
             TEST_IMAGE,
-            ["sh", "-c", f"sleep {15 if i < 6 else 1}; echo done-{i}"],
+            ["sh", "-c", f"trap 'exit 143' TERM; sleep {8 if i < 6 else 1} & wait; echo done-{i}"],
             host=host,
             max_attempts=3,
             priority=1 if i < 6 else 0,
@@ -135,7 +135,7 @@ def test_output_flood_ends_within_its_timeout_with_bounded_memory_and_disk(
     engine, host, worker_processes
 ):
     job = create_job(
-        TEST_IMAGE, ["sh", "-c", "yes | head -c 300000000"], host=host, timeout_seconds=30
+        TEST_IMAGE, ["sh", "-c", "yes | head -c 300000000"], host=host, timeout_seconds=12
     )
     worker = start_worker(
         worker_processes, host, "--until-idle", settings={"STOP_GRACE_SECONDS": 2}
@@ -154,8 +154,8 @@ def test_output_flood_ends_within_its_timeout_with_bounded_memory_and_disk(
 
     job.refresh_from_db()
     assert job.status in ("completed", "timed_out"), (job.status, job.last_error)
-    # The timeout (30 s), the stop grace (2 s), and a little for harvesting and recording.
-    assert ended_after < 30 + 2 + 5, ended_after
+    # The timeout (12 s), the stop grace (2 s), and a little for harvesting and recording.
+    assert ended_after < 12 + 2 + 5, ended_after
     # Two log files of at most 4 x MAX_OUTPUT_BYTES (1 MB) each, and never the 300 MB.
     assert largest_log <= 2 * 4_000_000 + 64 * 1024, largest_log
     assert len(job.stdout) < 1_000_000 + 1000
