@@ -210,7 +210,12 @@ def peak_rss_bytes(pid: int) -> int:
 def test_the_log_panel_says_when_the_engine_is_gone_and_reads_on_when_it_is_back(
     engine, host, worker_processes
 ):
-    command = ["sh", "-c", "for i in $(seq 1 200); do echo line-$i; sleep 0.1; done"]
+    # It ends at the engine's SIGTERM: the engine need not wait out its 10 s grace.
+    command = [
+        "sh",
+        "-c",
+        "trap 'exit 143' TERM; for i in $(seq 1 200); do echo line-$i; sleep 0.1; done",
+    ]
     job = create_job(TEST_IMAGE, command, host=host)
     start_worker(worker_processes, host, settings={"ENGINE_OUTAGE_GRACE": 60})
     assert wait_until(lambda: statuses().get("running") == 1, 30), worker_processes.logs()
