@@ -33,7 +33,7 @@ from django.utils.module_loading import import_string
 
 from . import api
 from .exceptions import ContainerTaskError
-from .models import ContainerJob, as_job_id
+from .models import ContainerJob, JobAttempt, as_job_id
 from .states import ACTIVE, JobStatus
 from .task_protocol import printed_result
 
@@ -106,19 +106,30 @@ class ContainerTaskBackend(BaseTaskBackend):
     def _result(self, job: ContainerJob, task, payload: dict[str, Any]) -> TaskResult:
         """The task result ``job`` (a task's job, asked to run ``payload``) stands for."""
         status, value, error = _outcome(job)
+        attempts = list(job.attempt_set.order_by("number"))
+        # Each attempt that failed, in order; the job's own error stands for its last one.
+        failed = [
+            attempt
+            for attempt in attempts
+            if attempt.finished_at is not None
+            and attempt.status != JobStatus.COMPLETED
+            and not (error and attempt.number == job.attempts)
+        ]
+        errors = [_attempt_error(attempt) for attempt in failed] + ([error] if error else [])
         result = TaskResult(
             task=task,
             id=str(job.pk),
             status=status,
             enqueued_at=job.queued_at or job.created_at,
-            started_at=job.started_at,
+            started_at=attempts[0].started_at if attempts else job.started_at,
             finished_at=job.finished_at if status in _ENDED else None,
-            last_attempted_at=job.started_at,
+            last_attempted_at=attempts[-1].started_at if attempts else job.started_at,
             args=payload.get("args", []),
             kwargs=payload.get("kwargs", {}),
             backend=self.alias,
-            errors=[error] if error else [],
-            worker_ids=[str(job.worker_id)] if job.worker_id else [],
+            errors=errors,
+            # One per attempt (the framework counts attempts by them).
+            worker_ids=[str(attempt.worker_id or "") for attempt in attempts],
         )
         if status == TaskResultStatus.SUCCESSFUL:
             object.__setattr__(result, "_return_value", value)
@@ -139,6 +150,18 @@ def _payload(job: ContainerJob) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) and "task" in payload else None
 
 
+# What a task's error is when its container, not its code, failed.
+CONTAINER_ERROR = f"{ContainerTaskError.__module__}.{ContainerTaskError.__name__}"
+
+
+def _attempt_error(attempt: JobAttempt) -> TaskError:
+    why = attempt.error or f"exit code {attempt.exit_code}"
+    return TaskError(
+        exception_class_path=CONTAINER_ERROR,
+        traceback=f"attempt {attempt.number} {attempt.status}: {why}",
+    )
+
+
 def _outcome(job: ContainerJob) -> tuple[TaskResultStatus, Any, TaskError | None]:
     """The task's status, return value and error, as the job and its last line tell them."""
     if job.status in ACTIVE:
@@ -156,7 +179,7 @@ def _outcome(job: ContainerJob) -> tuple[TaskResultStatus, Any, TaskError | None
     else:
         why = job.last_error or "the container printed no result"
         error = TaskError(
-            exception_class_path=f"{ContainerTaskError.__module__}.{ContainerTaskError.__name__}",
+            exception_class_path=CONTAINER_ERROR,
             traceback=f"job {job.pk} {job.status}: {why}\n{job.stderr[-4000:]}",
         )
     return TaskResultStatus.FAILED, None, error

@@ -13,7 +13,8 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from container_manager.models import ContainerJob
+from container_manager.models import ContainerJob, JobAttempt
+from container_manager.models import Worker as WorkerRecord
 from container_manager.task_protocol import result_line
 from container_manager.worker import Worker
 from example_project import tasks
@@ -98,6 +99,49 @@ def test_a_job_that_ended_without_a_result_is_a_failed_task(backend):
     assert "last words" in error.traceback
     with pytest.raises(ValueError, match="Task failed"):
         result.return_value  # noqa: B018
+
+
+def attempted(job_id, number, status, worker, error="", minutes_ago=0):
+    at = timezone.now() - timedelta(minutes=minutes_ago)
+    ContainerJob.objects.filter(pk=job_id).update(attempts=number)
+    return JobAttempt.objects.create(
+        job_id=job_id,
+        number=number,
+        status=status,
+        error=error,
+        worker=worker,
+        started_at=at,
+        finished_at=None if status == "running" else at,
+    )
+
+
+@pytest.mark.django_db
+def test_each_attempt_is_one_in_the_result_and_each_failed_one_an_error(backend):
+    first, second = (WorkerRecord.objects.create(hostname="box", pid=pid) for pid in (1, 2))
+    result = tasks.add.enqueue(2, 3)
+    outage = "container exited with code 143 around an outage of host docker-local"
+    attempted(result.id, 1, "failed", first, error=outage, minutes_ago=3)
+    ContainerJob.objects.filter(pk=result.id).update(status="running")
+    started = attempted(result.id, 2, "running", second).started_at
+    result.refresh()
+    assert (result.status, result.attempts) == (TaskResultStatus.RUNNING, 2)
+    assert result.last_attempted_at == started
+    assert result.worker_ids == [str(first.pk), str(second.pk)]
+    (error,) = result.errors
+    assert error.traceback == f"attempt 1 failed: {outage}"
+
+    JobAttempt.objects.filter(job_id=result.id, number=2).update(
+        status="failed", finished_at=timezone.now(), error="exit code 1"
+    )
+    ContainerJob.objects.filter(pk=result.id).update(
+        status="failed", finished_at=timezone.now(), last_error="exit code 1"
+    )
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert [e.traceback.splitlines()[0] for e in result.errors] == [
+        f"attempt 1 failed: {outage}",
+        f"job {result.id} failed: exit code 1",  # the job's own word on its last attempt
+    ]
 
 
 @pytest.mark.django_db
