@@ -59,7 +59,7 @@ async def stream_logs(
     """The lines ``job`` prints, stdout and stderr together, as it prints them, until it
     ends (``async for line in stream_logs(job)``); each line keeps its newline, the last
     one may have none. A job not started yet is waited for; an ended one gives its stored
-    output.
+    output. Its retries and its host's outages are followed through (``api.follow_output``).
 
     The executor is read in a thread; when the consumer stops early (``break``, a
     cancelled task) the thread is told to stop, and does at the next output or the job's
