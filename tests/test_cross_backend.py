@@ -3,15 +3,18 @@
 Each backend of the contract suite (tests/backends/) gets a host like the one its contract
 executor runs on; the same job spec ends with the same fields filled, and ``show`` prints its
 execution id alike. Then a cloud execution outlives the worker that launched it: another
-worker re-attaches to it and never launches a second one.
+worker re-attaches to it and never launches a second one. And each cloud API goes away
+while its job runs, past the job's end, and comes back: the job is held, then completes.
 """
 
 import io
 import json
 import signal
+import time
 
 import pytest
 from django.core.management import call_command
+from django.db import connection  # noqa: F401 - read by skipif
 
 from container_manager.api import create_job
 from container_manager.models import ContainerJob, ExecutorHost
@@ -101,3 +104,51 @@ def test_a_lost_workers_cloud_execution_is_reattached_never_run_twice(request, w
     assert (job.status, job.stdout, job.execution_id) == ("completed", "done\n", execution_id)
     assert job.attempt_set.count() == 1
     assert len(executor.standin.calls("run_job")) == 1, worker_processes.logs()
+
+
+# The outage scenarios run once, in the PostgreSQL pass (as those with private engines do).
+@pytest.mark.processes
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="runs in the PostgreSQL pass only")
+@pytest.mark.parametrize("name", ["cloudrun", "fargate", "kubernetes"])
+def test_a_cloud_api_gone_mid_job_holds_the_job_and_it_completes_when_back(
+    request, worker_processes, name
+):
+    backend = BACKENDS[name]
+    executor = backend.make_executor(request, seconds=4, exit_code=0, stdout="done\n", stderr="")
+    spec = executor.host
+    host = ExecutorHost.objects.create(
+        name=spec.name,
+        executor_type=spec.executor_type,
+        connection_string=spec.connection_string,
+        executor_config=dict(spec.config),
+    )
+    job = create_job(TEST_IMAGE, ["sh", "-c", "sleep 4; echo done"], host=host)
+    settings = {**json.loads(LIVENESS), "HEALTH_RECHECK_BASE": 0.5, "HEALTH_RECHECK_MAX": 2.0}
+    worker_processes.start(
+        "--poll-interval", "0.1", env={"CONTAINER_MANAGER_SETTINGS": json.dumps(settings)}
+    )
+    assert wait_until(lambda: ContainerJob.objects.get(pk=job.pk).status == "running", 30), (
+        worker_processes.logs()
+    )
+    execution_id = ContainerJob.objects.get(pk=job.pk).execution_id
+    api = backend.api(request, executor)
+    api.stop()
+    try:
+        # Past the execution's end: the worker cannot see it end, and holds the job.
+        assert wait_until(lambda: "unreachable" in worker_processes.logs(), 15), (
+            worker_processes.logs()
+        )
+        time.sleep(4)
+        job.refresh_from_db()
+        assert job.status == "running", (job.status, job.last_error)
+    finally:
+        api.restart()
+    assert wait_until(lambda: ContainerJob.objects.get(pk=job.pk).status == "completed", 60), (
+        worker_processes.logs()[-4000:]
+    )
+    job.refresh_from_db()
+    assert (job.stdout, job.execution_id, job.attempts) == ("done\n", execution_id, 1)
+    # And the host, marked unhealthy meanwhile, passes a check again.
+    assert wait_until(
+        lambda: ExecutorHost.objects.get(pk=host.pk).health_status == "healthy", 30
+    ), worker_processes.logs()[-4000:]

@@ -34,6 +34,11 @@ def make_executor(request, seconds, exit_code, stdout, stderr):
     return executor
 
 
+def api(request, executor):
+    """The stand-in answering ``executor`` (``stop`` and ``restart`` it)."""
+    return executor.standin
+
+
 def _no_standin_errors(standin):
     # The stand-in parses every answer strictly: an unknown field would be a bug of its own.
     assert standin.errors == []

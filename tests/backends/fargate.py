@@ -25,3 +25,8 @@ def make_executor(request, seconds, exit_code, stdout, stderr):
         host.config["cluster"], seconds=seconds, exit_code=exit_code, stdout=stdout + stderr
     )
     return FargateExecutor(host)
+
+
+def api(request, executor):
+    """The stand-in answering ``executor`` (``stop`` and ``restart`` it)."""
+    return standin(request)

@@ -29,3 +29,8 @@ def make_executor(request, seconds, exit_code, stdout, stderr):
         config={"api_url": standin.url, "namespace": "default", "split_log_streams": True},
     )
     return KubernetesExecutor(host)
+
+
+def api(request, executor):
+    """The stand-in answering ``executor`` (``stop`` and ``restart`` it)."""
+    return use_standin(request)

@@ -115,7 +115,7 @@ class CloudRunStandin:
 
     # -- running the server -------------------------------------------------------------
 
-    def start(self) -> CloudRunStandin:
+    def start(self, port: int = 0) -> CloudRunStandin:
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -127,12 +127,17 @@ class CloudRunStandin:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         ).start()
         return self
+
+    def restart(self) -> None:
+        """Answer again, at the same address and with the same state, after ``stop``."""
+        assert self.server is not None
+        self.start(self.server.server_address[1])
 
     @property
     def url(self) -> str:

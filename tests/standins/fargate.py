@@ -86,6 +86,15 @@ class FargateStandIn:
     def stop(self) -> None:
         self.server.stop()
 
+    def restart(self) -> None:
+        """Answer again, at the same address and with the same state (moto's backends live in
+        this process), after ``stop``."""
+        from moto.server import ThreadedMotoServer
+
+        host, port = self.server.get_host_and_port()
+        self.server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self.server.start()
+
     def client(self, service: str) -> Any:
         import boto3
 

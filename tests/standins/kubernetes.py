@@ -177,14 +177,15 @@ class KubernetesStandIn:
 
     # -- control ------------------------------------------------------------------------
 
-    def start(self) -> KubernetesStandIn:
+    def start(self, port: int = 0) -> KubernetesStandIn:
         standin = self
 
         class Handler(StandInHandler):
             pass
 
         Handler.standin = standin
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.stopping.clear()
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(
             target=self.server.serve_forever, name="kubernetes-standin", daemon=True
@@ -200,6 +201,11 @@ class KubernetesStandIn:
         for connection in list(self.connections):
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+
+    def restart(self) -> None:
+        """Answer again, at the same address and with the same state, after ``stop``."""
+        assert self.server is not None
+        self.start(self.server.server_address[1])
 
     @property
     def url(self) -> str:
