@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from . import envfile, limits, notify
 from . import secrets as sealing
+from .db import retry_transient
 from .exceptions import ExecutorError
 from .executors.base import RUNNING
 from .fields import NUL_MESSAGE, short_repr
@@ -491,8 +492,14 @@ def _started(job: ContainerJob, poll: float, say: Callable[[str], None]) -> Cont
         say(f"Waiting for job {job.pk} to start (it is {job.status})...")
     while not job.is_terminal and job.status != JobStatus.RUNNING:
         time.sleep(poll)
-        job.refresh_from_db()
+        _look_again(job)
     return job
+
+
+def _look_again(job: ContainerJob) -> None:
+    """A follower's look at the job's record, through a database restart (it reads
+    nothing it could not read again) for up to ``DATABASE_RETRY_SECONDS``."""
+    retry_transient(job.refresh_from_db, f"following job {job.pk}")
 
 
 # How long a follower waits, once an execution has ended, for the job's record to show it.
@@ -551,7 +558,7 @@ class _FollowedExecution:
 
     def _still_running(self) -> bool:
         job = self.job
-        job.refresh_from_db()
+        _look_again(job)
         return job.status == JobStatus.RUNNING and job.get_execution_identifier() == (
             self.execution_id
         )

@@ -1,4 +1,5 @@
-"""Real workers while their PostgreSQL server restarts under them.
+"""Real workers, and a follower of a job's output, while their PostgreSQL server restarts
+under them.
 
 The server is the private cluster of tests/services.py (port 5433), never the shared one. The
 test does not use the Django test database at all: it makes a database of its own on the
@@ -336,3 +337,70 @@ def test_a_schedule_fires_each_due_minute_once_through_database_restarts(
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
+
+
+def test_a_follower_waits_through_a_database_restart(private_postgres, tmp_path):
+    """``logs --follow`` of a job that a worker runs while the server restarts: the follower
+    looks at the job's record every half second meanwhile, and prints its output once it
+    ends, as if nothing had happened."""
+    import psycopg
+
+    url = private_postgres.fresh_database("cm_outage_follow")
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "CONTAINER_MANAGER_LOG_LEVEL": "INFO",
+        "CONTAINER_MANAGER_SETTINGS": json.dumps({"HEARTBEAT_INTERVAL": 0.5, "WORKER_TIMEOUT": 5}),
+    }
+    manage(env, "migrate", "--noinput")
+    job_id = manage(
+        env,
+        "shell",
+        "-c",
+        "from container_manager import api\n"
+        "from container_manager.models import ExecutorHost\n"
+        "host = ExecutorHost.objects.create(name='mock', executor_type='mock',"
+        " executor_config={'duration_seconds': 6})\n"
+        "print(api.create_job('img', ['echo', 'hi'], host=host).pk)\n",
+    ).split()[-1]  # after what the shell says of itself
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "manage_container_job",
+            "logs",
+            "--follow",
+            job_id,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    procs = [follower]
+    try:
+        # Following before the restart (a command that starts while the server is down fails
+        # at its first query, as any manage.py command does).
+        assert follower.stderr.readline().startswith(f"Waiting for job {job_id} to start")
+        args = ["--until-idle", "--poll-interval", "0.1"]
+        worker = start_worker(env, tmp_path / "worker.log", *args)
+        procs.append(worker)
+        deadline = time.monotonic() + 30
+        with psycopg.connect(url) as conn:
+            while conn.execute(
+                "SELECT status FROM container_manager_containerjob WHERE id = %s", [job_id]
+            ).fetchone() != ("running",):
+                assert time.monotonic() < deadline, tail(worker.log_path)
+                time.sleep(0.1)
+        private_postgres.restart()
+        out, err = follower.communicate(timeout=60)
+        assert worker.wait(60) == 0, tail(worker.log_path, 30)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert follower.returncode == 0, err
+    assert out == "mock: echo hi\n", (out, err)
+    assert f"following job {job_id}: database unavailable" in err, err
