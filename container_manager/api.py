@@ -421,16 +421,17 @@ def wait_for_job(job: ContainerJob, timeout: float | None = None, interval: floa
     """Block until the job ends (or ``timeout`` seconds pass); returns it refreshed.
 
     On PostgreSQL the job's ending wakes the caller at once (a notification); elsewhere the
-    job is looked at every ``interval`` seconds."""
+    job is looked at every ``interval`` seconds. A database restart meanwhile is waited out
+    for up to ``DATABASE_RETRY_SECONDS``."""
     deadline = None if timeout is None else time.monotonic() + timeout
     with notify.job_endings(job.pk, poll=interval) as pause:
-        job.refresh_from_db()
+        _look_again(job)
         while not job.is_terminal:
             left = math.inf if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"job {job.pk} still {job.status} after {timeout} s")
             pause(left)
-            job.refresh_from_db()
+            _look_again(job)
     return job
 
 
@@ -497,8 +498,8 @@ def _started(job: ContainerJob, poll: float, say: Callable[[str], None]) -> Cont
 
 
 def _look_again(job: ContainerJob) -> None:
-    """A follower's look at the job's record, through a database restart (it reads
-    nothing it could not read again) for up to ``DATABASE_RETRY_SECONDS``."""
+    """A waiter's or follower's look at the job's record, through a database restart (a
+    read, safe to repeat) for up to ``DATABASE_RETRY_SECONDS``."""
     retry_transient(job.refresh_from_db, f"following job {job.pk}")
 
 
