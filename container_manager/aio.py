@@ -39,17 +39,19 @@ async def await_job(
 
     On PostgreSQL (with ``LISTEN_NOTIFY`` on) the ending's notification wakes the caller at
     once: the listening starts before the job is first looked at, so an ending in between is
-    not missed. Elsewhere the job is looked at every ``interval`` seconds.
+    not missed. Elsewhere the job is looked at every ``interval`` seconds. A database restart
+    meanwhile is waited out for up to ``DATABASE_RETRY_SECONDS``.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+    look_again = sync_to_async(api.look_again, thread_sensitive=True)
     async with notify.async_job_endings(job.pk, poll=interval) as pause:
-        await job.arefresh_from_db()
+        await look_again(job)
         while not job.is_terminal:
             left = math.inf if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"job {job.pk} still {job.status} after {timeout} s")
             await pause(left)
-            await job.arefresh_from_db()
+            await look_again(job)
     return job
 
 

@@ -425,13 +425,13 @@ def wait_for_job(job: ContainerJob, timeout: float | None = None, interval: floa
     for up to ``DATABASE_RETRY_SECONDS``."""
     deadline = None if timeout is None else time.monotonic() + timeout
     with notify.job_endings(job.pk, poll=interval) as pause:
-        _look_again(job)
+        look_again(job)
         while not job.is_terminal:
             left = math.inf if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"job {job.pk} still {job.status} after {timeout} s")
             pause(left)
-            _look_again(job)
+            look_again(job)
     return job
 
 
@@ -493,12 +493,12 @@ def _started(job: ContainerJob, poll: float, say: Callable[[str], None]) -> Cont
         say(f"Waiting for job {job.pk} to start (it is {job.status})...")
     while not job.is_terminal and job.status != JobStatus.RUNNING:
         time.sleep(poll)
-        _look_again(job)
+        look_again(job)
     return job
 
 
-def _look_again(job: ContainerJob) -> None:
-    """A waiter's or follower's look at the job's record, through a database restart (a
+def look_again(job: ContainerJob) -> None:
+    """``job.refresh_from_db()`` for a waiter or a follower: through a database restart (a
     read, safe to repeat) for up to ``DATABASE_RETRY_SECONDS``."""
     retry_transient(job.refresh_from_db, f"following job {job.pk}")
 
@@ -559,7 +559,7 @@ class _FollowedExecution:
 
     def _still_running(self) -> bool:
         job = self.job
-        _look_again(job)
+        look_again(job)
         return job.status == JobStatus.RUNNING and job.get_execution_identifier() == (
             self.execution_id
         )

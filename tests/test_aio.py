@@ -11,7 +11,7 @@ import time
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 from django.utils import timezone
 
 from container_manager import aio, api, notify
@@ -77,6 +77,27 @@ def test_await_job_returns_the_ended_job_and_lets_the_loop_run(mock_host):
     ended, ticks = asyncio.run(main())
     assert ended.status == JobStatus.CANCELLED
     assert ticks > 5  # the wait never held the event loop
+
+
+@pytest.mark.parametrize("waiter", ["api.wait_for_job", "aio.await_job"])
+def test_a_waiter_looks_again_after_losing_its_connection(mock_host, monkeypatch, waiter):
+    job = api.create_job("alpine", ["true"], host=mock_host)
+    job.transition(JobStatus.CANCELLED, finished_at=timezone.now())
+    refresh = ContainerJob.refresh_from_db
+    lost = []
+
+    def refresh_after_a_restart(self, *args, **kwargs):
+        if not lost:  # the server restarts under the first look
+            lost.append(self.pk)
+            raise OperationalError("terminating connection due to administrator command")
+        return refresh(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContainerJob, "refresh_from_db", refresh_after_a_restart)
+    if waiter == "api.wait_for_job":
+        waited = api.wait_for_job(job, timeout=10)
+    else:
+        waited = asyncio.run(aio.await_job(job, timeout=10))
+    assert (waited.status, lost) == (JobStatus.CANCELLED, [job.pk])
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="notifications: PostgreSQL")
