@@ -131,8 +131,8 @@ def test_a_cloud_api_gone_mid_job_holds_the_job_and_it_completes_when_back(
         worker_processes.logs()
     )
     execution_id = ContainerJob.objects.get(pk=job.pk).execution_id
-    api = backend.api(request, executor)
-    api.stop()
+    cloud_api = backend.api(request, executor)
+    cloud_api.stop()
     try:
         # Past the execution's end: the worker cannot see it end, and holds the job.
         assert wait_until(lambda: "unreachable" in worker_processes.logs(), 15), (
@@ -142,7 +142,7 @@ def test_a_cloud_api_gone_mid_job_holds_the_job_and_it_completes_when_back(
         job.refresh_from_db()
         assert job.status == "running", (job.status, job.last_error)
     finally:
-        api.restart()
+        cloud_api.restart()
     assert wait_until(lambda: ContainerJob.objects.get(pk=job.pk).status == "completed", 60), (
         worker_processes.logs()[-4000:]
     )
