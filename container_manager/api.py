@@ -473,14 +473,13 @@ def follow_output(
             return
         execution = _FollowedExecution(job)
         yield from execution.follow(poll, say)
+        yield from execution.rest()
         moved_on = execution.moved_on(poll, say)
         if moved_on is None:  # nothing recorded its end: no worker holds the job now
-            yield from execution.rest()
             return
         if moved_on.is_terminal:
             yield from execution.ending(moved_on, say)
             return
-        yield from execution.rest()
         why = f" ({moved_on.last_error.splitlines()[0]})" if moved_on.last_error else ""
         say(f"Attempt {execution.attempt} of job {job.pk} ended{why}; following the next.")
         job = _started(moved_on, poll, say)
@@ -581,7 +580,7 @@ class _FollowedExecution:
         return self.job
 
     def rest(self) -> Iterator[str]:
-        """A character left cut at the very end, as it is."""
+        """A character left cut at the very end of its output, as it is."""
         if self.pending:
             yield self.last_line.feed(decode_output(self.pending))
             self.pending = b""
@@ -591,7 +590,6 @@ class _FollowedExecution:
         of its last execution was, else the last lines without a newline a stream leaves
         out (Docker's often does; its executor gives them back while the container is
         there, and the worker may have removed it first)."""
-        yield from self.rest()
         if job.get_execution_identifier() != self.execution_id:
             say(f"Attempt {job.attempts} of job {job.pk} ran meanwhile; its output:")
             yield from stored_output(job)

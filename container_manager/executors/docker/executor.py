@@ -375,6 +375,7 @@ class DockerExecutor(BaseExecutor):
         )
 
     def stream_logs(self, execution_id, follow=False):
+        doing = f"reading the logs of container {execution_id[:12]}"
         try:
             stream = self.api.logs(
                 execution_id, stdout=True, stderr=True, stream=True, follow=follow
@@ -384,17 +385,13 @@ class DockerExecutor(BaseExecutor):
                 f"container {execution_id} no longer exists on host {self.host.name}"
             ) from error
         except ENGINE_ERRORS as error:
-            raise self._error(
-                error, f"reading the logs of container {execution_id[:12]}"
-            ) from error
+            raise self._error(error, doing) from error
         last_line = LastLine(b"\n")
         try:
             for chunk in stream:
                 yield last_line.feed(chunk)
         except ENGINE_ERRORS as error:  # the engine went away mid-stream
-            raise self._error(
-                error, f"reading the logs of container {execution_id[:12]}"
-            ) from error
+            raise self._error(error, doing) from error
         finally:
             stream.close()
         if follow:  # unseen: the follow stream sometimes has them after all
